@@ -1,0 +1,31 @@
+"""Write a file so that readers, crashes and kill -9 only ever see the old or the new version."""
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+# mkstemp creates files readable by their owner only; give ours the usual permissions instead.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_MODE = 0o666 & ~_UMASK
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    The temporary file lives in the same directory so that ``os.replace`` is a rename on one
+    file system, which POSIX and Windows both make atomic. On any failure (a full disk, a
+    signal turned into an exception) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, _MODE)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,44 @@
+"""LeNet-5 as published (LeCun et al., 1998): tanh activations and average pooling."""
+import torch
+from torch import nn
+
+
+class LeNet5(nn.Module):
+    """28x28 grayscale digit in, 10 logits out; 61,706 parameters.
+
+    The layers sit in one ``nn.Sequential`` named ``net`` in this order so that a
+    ``state_dict`` saved by the widely copied tutorial code (keys ``net.0.weight``,
+    ``net.3.weight``, ``net.6.weight``, ``net.9.weight``, ``net.11.weight``) loads unchanged.
+    """
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.net = nn.Sequential(
+            # padding 2 makes the 28x28 MNIST digit the 32x32 input of the paper
+            nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Tanh(),    # 6x28x28
+            nn.AvgPool2d(kernel_size=2, stride=2),                    # 6x14x14
+            nn.Conv2d(6, 16, kernel_size=5), nn.Tanh(),               # 16x10x10
+            nn.AvgPool2d(kernel_size=2, stride=2),                    # 16x5x5
+            nn.Conv2d(16, 120, kernel_size=5), nn.Tanh(),             # 120x1x1
+            nn.Flatten(),                                             # 120
+            nn.Linear(120, 84), nn.Tanh(),                            # 84
+            nn.Linear(84, num_classes),                               # logits
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+if __name__ == "__main__":
+    model = LeNet5()
+    x = torch.zeros(1, 1, 28, 28)
+    print(f"{'layer':<28} output shape")
+    print(f"{'input':<28} {tuple(x.shape)}")
+    for index, layer in enumerate(model.net):
+        x = layer(x)
+        print(f"{f'net.{index} {layer.__class__.__name__}':<28} {tuple(x.shape)}")
+    print(f"parameters: {count_parameters(model):,}")

@@ -1,0 +1,154 @@
+"""Show a checkpoint's predictions on MNIST test images, as text and as one picture.
+
+    python show.py                        # the first 10 test images
+    python show.py --random --count 20    # 20 random ones
+    python show.py --start 100 --show     # images 100-109, opened in the image viewer
+"""
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+import engine
+import mnist
+from atomic import write_atomic
+
+ZOOM = 4                   # each 28x28 digit is drawn 112x112
+COLUMNS = 10
+CAPTION_SIZE = 15
+RIGHT, WRONG = (40, 40, 40), (210, 30, 30)
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Show LeNet-5's predictions on MNIST test "
+                                                 "images as text and as one PNG.")
+    parser.add_argument("--checkpoint", default="save_model/best_model.pth",
+                        help="checkpoint to use (default: %(default)s)")
+    parser.add_argument("--start", type=int, default=0,
+                        help="index of the first test image (default: %(default)s)")
+    parser.add_argument("--count", type=_count, default=10,
+                        help="how many images (default: %(default)s)")
+    parser.add_argument("--random", action="store_true",
+                        help="pick random test images instead of consecutive ones")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for --random, to get the same images again")
+    parser.add_argument("--out", default="save_model/predictions.png",
+                        help="picture to write (default: %(default)s)")
+    parser.add_argument("--show", action="store_true",
+                        help="also open the picture in the system's image viewer")
+    parser.add_argument("--device", default="auto", choices=engine.DEVICES,
+                        help="where to run (default: %(default)s)")
+    parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    if Path(args.out).suffix.lower() not in Image.registered_extensions():
+        parser.error(f"--out {args.out}: give the picture a file type, for example .png")
+    return args
+
+
+def pick_indices(args, total: int) -> torch.Tensor:
+    if args.random:
+        generator = torch.Generator()
+        generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
+        return torch.randperm(total, generator=generator)[:args.count].sort().values
+    if not 0 <= args.start < total:
+        raise SystemExit(f"error: --start must be between 0 and {total - 1}, got {args.start}")
+    return torch.arange(args.start, min(args.start + args.count, total))
+
+
+def tile(image: Image.Image, lines: list[str], wrong: bool, font) -> Image.Image:
+    """One picture with its caption lines below; a red frame and red text when ``wrong``."""
+    line_height = font.getbbox("Ag")[3] + 4
+    width = max(image.width, *(int(font.getlength(line)) for line in lines)) + 12
+    out = Image.new("RGB", (width, image.height + 12 + line_height * len(lines)), "white")
+    out.paste(image.convert("RGB"), ((width - image.width) // 2, 6))
+    draw = ImageDraw.Draw(out)
+    if wrong:
+        draw.rectangle([0, 0, out.width - 1, out.height - 1], outline=WRONG, width=3)
+    for i, line in enumerate(lines):
+        draw.text((width // 2, image.height + 8 + i * line_height), line, anchor="ma",
+                  fill=WRONG if wrong else RIGHT, font=font)
+    return out
+
+
+def grid(tiles: list[Image.Image], columns: int = COLUMNS) -> Image.Image:
+    """Tiles laid out row by row in equal cells."""
+    w, h = max(t.width for t in tiles), max(t.height for t in tiles)
+    columns = min(columns, len(tiles))
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * w, rows * h), "white")
+    for i, t in enumerate(tiles):
+        sheet.paste(t, ((i % columns) * w + (w - t.width) // 2, (i // columns) * h))
+    return sheet
+
+
+def enlarged(pixels: torch.Tensor) -> Image.Image:
+    """A 28x28 uint8 tensor as a grayscale picture, blown up with visible pixels."""
+    image = Image.fromarray(pixels.numpy(), mode="L")
+    return image.resize((image.width * ZOOM, image.height * ZOOM), Image.NEAREST)
+
+
+def save_picture(image: Image.Image, path: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    file_type = Image.registered_extensions()[path.suffix.lower()]
+    write_atomic(path, lambda f: image.save(f, format=file_type))
+
+
+def open_in_viewer(path: str) -> None:
+    """Hand the picture to the desktop's viewer; say where it is when there is none."""
+    if sys.platform == "win32":
+        os.startfile(path)  # noqa: the Windows-only way to open a file with its program
+        return
+    opener = "open" if sys.platform == "darwin" else "xdg-open"
+    try:
+        subprocess.Popen([opener, path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except FileNotFoundError:
+        print(f"no image viewer found ({opener} is missing); open {path} yourself")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = engine.pick_device(args.device)
+    checkpoint = engine.load_checkpoint(args.checkpoint, device)
+    model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
+    images, labels = mnist.load(args.data_dir, "test")
+    indices = pick_indices(args, len(labels))
+    batch = next(iter(mnist.Batches(images[indices], labels[indices], len(indices), device,
+                                    mean=checkpoint["mean"], std=checkpoint["std"])))
+    confidence, predicted = engine.predict(model, batch[0]).max(1)
+    classes = checkpoint["classes"]
+
+    font = ImageFont.load_default(size=CAPTION_SIZE)
+    tiles = []
+    print(f"{'index':>5} {'predicted':>9} {'actual':>6} {'confidence':>10}  result")
+    for index, guess, p in zip(indices.tolist(), predicted.tolist(), confidence.tolist()):
+        truth = labels[index].item()
+        wrong = guess != truth
+        print(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {p:>10.2%}  "
+              f"{'WRONG' if wrong else 'right'}")
+        tiles.append(tile(enlarged(images[index]),
+                          [f"pred {classes[guess]} ({p:.0%})", f"true {classes[truth]}  #{index}"],
+                          wrong, font))
+    right = sum(p == labels[i].item() for i, p in zip(indices.tolist(), predicted.tolist()))
+    save_picture(grid(tiles), args.out)
+    print(f"{right} of {len(tiles)} right; picture written to {args.out}")
+    if args.show:
+        open_in_viewer(args.out)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (mnist.DataError, engine.CheckpointError, engine.DeviceError) as e:
+        sys.exit(f"error: {e}")

@@ -1,0 +1,85 @@
+"""Report how a checkpoint does on the 10,000 MNIST test images.
+
+    python test.py                                # save_model/best_model.pth
+    python test.py --checkpoint other.pth --json  # any checkpoint, machine-readable
+"""
+import argparse
+import json
+import sys
+
+import engine
+import mnist
+
+EVAL_BATCH_SIZE = 2000
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Evaluate a LeNet-5 checkpoint on MNIST's "
+                                                 "test set.")
+    parser.add_argument("--checkpoint", default="save_model/best_model.pth",
+                        help="checkpoint to evaluate; a plain state_dict of the tutorial code "
+                             "works too (default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=engine.DEVICES,
+                        help="where to run (default: %(default)s)")
+    parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser.parse_args(argv)
+
+
+def report(args: argparse.Namespace) -> dict:
+    device = engine.pick_device(args.device)
+    checkpoint = engine.load_checkpoint(args.checkpoint, device)
+    model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
+    images, labels = mnist.load(args.data_dir, "test")
+    # Evaluate with the normalization the checkpoint was trained with (none for the tutorial's).
+    result = engine.evaluate(model, mnist.Batches(images, labels, EVAL_BATCH_SIZE, device,
+                                                  mean=checkpoint["mean"], std=checkpoint["std"]))
+    confusion = result.confusion.tolist()
+    per_class = [row[i] / max(sum(row), 1) for i, row in enumerate(confusion)]
+    return {
+        "checkpoint": str(args.checkpoint),
+        "epoch": checkpoint.get("epoch"),
+        "val_accuracy": checkpoint.get("val_accuracy"),
+        "loss": result.loss,
+        "accuracy": result.accuracy,
+        "errors": result.errors,
+        "total": result.total,
+        "per_class_accuracy": dict(zip(checkpoint["classes"], per_class)),
+        "confusion": confusion,
+    }
+
+
+def print_table(r: dict) -> None:
+    trained = (f"epoch {r['epoch']}" + (f", validation accuracy {r['val_accuracy']:.2%}"
+                                        if r["val_accuracy"] is not None else "")
+               if r["epoch"] is not None else "a plain state_dict")
+    print(f"checkpoint  {r['checkpoint']} ({trained})")
+    print(f"test loss   {r['loss']:.4f}")
+    print(f"accuracy    {r['accuracy']:.2%} ({r['errors']} errors / {r['total']})")
+    print()
+    classes = list(r["per_class_accuracy"])
+    print(f"{'digit':>5} {'images':>7} {'errors':>7} {'accuracy':>9}")
+    for name, row in zip(classes, r["confusion"]):
+        total, right = sum(row), row[classes.index(name)]
+        print(f"{name:>5} {total:>7} {total - right:>7} {r['per_class_accuracy'][name]:>9.2%}")
+    print()
+    print("confusion matrix (rows: true digit, columns: predicted digit)")
+    print("      " + "".join(f"{name:>6}" for name in classes))
+    for name, row in zip(classes, r["confusion"]):
+        print(f"{name:>6}" + "".join(f"{count:>6}" for count in row))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    r = report(args)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print_table(r)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (mnist.DataError, engine.CheckpointError, engine.DeviceError) as e:
+        sys.exit(f"error: {e}")

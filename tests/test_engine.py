@@ -1,0 +1,197 @@
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import engine
+import mnist
+from conftest import ROOT
+from net import LeNet5
+
+CPU = torch.device("cpu")
+
+
+def test_device_switch():
+    assert engine.pick_device("cpu") == CPU
+    expected = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    assert engine.pick_device("auto").type == expected
+    with pytest.raises(engine.DeviceError, match="unknown device 'tpu'"):
+        engine.pick_device("tpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_forcing_a_missing_device_is_refused():
+    with pytest.raises(engine.DeviceError, match="'cuda' is not available"):
+        engine.pick_device("cuda")
+
+
+class AlwaysZero(nn.Module):
+    """Predicts class 0 for everything."""
+    def __init__(self):
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor([5.0] + [0.0] * 9))
+
+    def forward(self, x):
+        return self.bias.expand(len(x), 10)
+
+
+def test_accuracy_is_counted_over_the_split_not_averaged_over_batches():
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])   # batches of 4, 4, 2
+    images = torch.zeros(10, 28, 28, dtype=torch.uint8)
+    model = AlwaysZero().train()
+    result = engine.evaluate(model, mnist.Batches(images, labels, 4, CPU))
+    assert (result.correct, result.total, result.accuracy) == (5, 10, 0.5)
+    assert result.confusion.tolist()[0][0] == 5 and result.confusion.tolist()[1][0] == 5
+    assert model.training                       # evaluate puts the mode back
+    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0])       # batches of 4, 4, 1
+    result = engine.evaluate(model, mnist.Batches(images[:9], labels, 4, CPU))
+    assert result.accuracy == 5 / 9              # batch mean would say (1 + 0 + 1) / 3
+
+
+def test_evaluate_runs_in_eval_mode_without_autograd():
+    seen = {}
+
+    class Spy(AlwaysZero):
+        def forward(self, x):
+            seen["training"], seen["grad"] = self.training, torch.is_grad_enabled()
+            return super().forward(x)
+
+    engine.evaluate(Spy().train(), mnist.Batches(torch.zeros(3, 28, 28, dtype=torch.uint8),
+                                                 torch.zeros(3, dtype=torch.long), 3, CPU))
+    assert seen == {"training": False, "grad": False}
+
+
+def test_training_puts_the_model_back_in_train_mode_and_lowers_the_loss():
+    torch.manual_seed(0)
+    images, labels = mnist.load(ROOT / "data", "train")
+    batches = mnist.Batches(images[:256], labels[:256], 32, CPU, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+    model = LeNet5().eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = [engine.train_one_epoch(model, batches, optimizer).loss for _ in range(5)]
+    assert model.training
+    assert losses[-1] < losses[0] * 0.5, losses
+
+
+def test_short_training_on_real_mnist_reaches_real_accuracy():
+    torch.manual_seed(0)
+    images, labels = mnist.load(ROOT / "data", "train")
+    test_images, test_labels = mnist.load(ROOT / "data", "test")
+    batches = mnist.Batches(images[:6000], labels[:6000], 64, CPU, shuffle=True,
+                            generator=torch.Generator().manual_seed(0))
+    model = LeNet5()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    for _ in range(2):
+        engine.train_one_epoch(model, batches, optimizer)
+    result = engine.evaluate(model, mnist.Batches(test_images[:2000], test_labels[:2000],
+                                                  500, CPU))
+    assert result.total == 2000
+    assert result.accuracy >= 0.90, result.accuracy
+
+
+def test_checkpoint_round_trip_continues_identically(tmp_path):
+    torch.manual_seed(0)
+    model = LeNet5()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+
+    def step(m, o):
+        o.zero_grad()
+        nn.functional.cross_entropy(m(x), y).backward()
+        o.step()
+
+    step(model, optimizer)
+    path = tmp_path / "ckpt.pth"
+    engine.save_checkpoint(path, {"format": engine.CHECKPOINT_FORMAT,
+                                  "model": model.state_dict(),
+                                  "optimizer": optimizer.state_dict(), "mean": mnist.MEAN,
+                                  "std": mnist.STD, "classes": mnist.CLASSES})
+    loaded = engine.load_checkpoint(path)
+    fresh = engine.model_from_checkpoint(loaded, CPU, path).train()
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    fresh_optimizer.load_state_dict(loaded["optimizer"])
+    step(model, optimizer)
+    step(fresh, fresh_optimizer)
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_plain_state_dict_is_read_as_an_unnormalized_tutorial_model(tmp_path):
+    path = tmp_path / "tutorial.pth"
+    torch.save(LeNet5().state_dict(), path)
+    checkpoint = engine.load_checkpoint(path)
+    assert (checkpoint["mean"], checkpoint["std"]) == (0.0, 1.0)
+    engine.model_from_checkpoint(checkpoint, CPU, path)
+
+
+class Payload:
+    """A pickle that creates a file when loaded, as a malicious checkpoint would."""
+    marker: Path
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+@pytest.mark.parametrize("save", [
+    lambda obj, path: torch.save({"model": obj}, path),
+    lambda obj, path: path.write_bytes(pickle.dumps(obj)),
+])
+def test_code_in_a_checkpoint_never_runs(tmp_path, save):
+    Payload.marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pth"
+    save(Payload(), path)
+    with pytest.raises(engine.CheckpointError, match="could run code"):
+        engine.load_checkpoint(path)
+    assert not Payload.marker.exists()
+
+
+def write_truncated(path):
+    torch.save(LeNet5().state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "no checkpoint at .*python train.py"),
+    (lambda p: p.mkdir(), "is not a file"),
+    (lambda p: p.write_bytes(b""), "is empty"),
+    (lambda p: p.write_text("these are not weights\n"), "not a readable PyTorch checkpoint"),
+    (write_truncated, "not a readable PyTorch checkpoint"),
+    (lambda p: torch.save({"epoch": 3}, p), "not a LeNet-5 checkpoint"),
+    (lambda p: torch.save([1, 2, 3], p), "not a LeNet-5 checkpoint"),
+])
+def test_bad_checkpoint_files_are_named(tmp_path, make, message):
+    path = tmp_path / "model.pth"
+    make(path)
+    with pytest.raises(engine.CheckpointError, match=message):
+        engine.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("state", [
+    nn.Sequential(nn.Linear(784, 10)).state_dict(),                 # other keys
+    {k: v[..., :1] if v.ndim else v for k, v in LeNet5().state_dict().items()},   # other shapes
+])
+def test_weights_of_another_model_are_refused(tmp_path, state):
+    path = tmp_path / "other.pth"
+    torch.save(state, path)
+    with pytest.raises(engine.CheckpointError, match="weights of another model"):
+        engine.model_from_checkpoint(engine.load_checkpoint(path), CPU, path)
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "best_model.pth"
+    engine.save_checkpoint(path, {"model": LeNet5().state_dict(), "epoch": 1})
+    before = path.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(engine.CheckpointError, match="No space left on device.*kept"):
+        engine.save_checkpoint(path, {"epoch": 2})
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["best_model.pth"]   # no temporary left

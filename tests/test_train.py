@@ -1,0 +1,142 @@
+import csv
+import re
+
+import pytest
+import torch
+
+import train
+from conftest import SMOKE, assert_one_line_error, run
+
+
+def read_history(save_dir):
+    with open(save_dir / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_run_writes_a_self_describing_checkpoint_and_reports_test_accuracy(trained):
+    checkpoint = torch.load(trained / "best_model.pth", weights_only=True)
+    assert set(checkpoint) >= {"model", "hparams", "epoch", "val_accuracy", "mean", "std",
+                               "classes", "torch_version"}
+    assert checkpoint["hparams"]["subset"] == 3000 and checkpoint["hparams"]["epochs"] == 2
+    assert (checkpoint["mean"], checkpoint["std"]) == (0.1307, 0.3081)
+    assert checkpoint["classes"] == [str(d) for d in range(10)]
+    rows = read_history(trained)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    best = max(rows, key=lambda row: float(row["val_accuracy"]))
+    assert checkpoint["epoch"] == int(best["epoch"])
+    assert checkpoint["val_accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
+
+
+def test_log_has_one_aligned_line_per_epoch_and_the_test_result(tmp_path):
+    result = run("train.py", *SMOKE, "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "training LeNet-5 on 2,750 images (validation 250) on cpu for 2 epochs" in out
+    epoch_lines = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
+    assert len(epoch_lines) == 2
+    assert len({len(line.rstrip(" best")) for line in epoch_lines}) == 1      # aligned
+    assert epoch_lines[0].endswith("best")
+    match = re.search(r"test accuracy (\d+\.\d\d)% \((\d+) errors / 10000\)", out)
+    assert match, out
+    accuracy, errors = float(match[1]), int(match[2])
+    assert accuracy == pytest.approx(100 * (10000 - errors) / 10000, abs=0.005)
+    assert accuracy > 80     # a real model after two small epochs, not a stub
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def test_same_seed_gives_identical_weights_and_another_seed_does_not(trained, tmp_path):
+    again = tmp_path / "again"
+    assert run("train.py", *SMOKE, "--save-dir", again).returncode == 0
+    first, second = weights(trained / "last.pth"), weights(again / "last.pth")
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    other = tmp_path / "other"
+    assert run("train.py", *SMOKE, "--seed", "1", "--save-dir", other).returncode == 0
+    assert not torch.equal(first["net.0.weight"], weights(other / "last.pth")["net.0.weight"])
+
+
+def test_schedulers_are_really_stepped(tmp_path):
+    result = run("train.py", "--subset", "600", "--epochs", "3", "--scheduler", "step",
+                 "--step-size", "1", "--gamma", "0.5", "--optimizer", "sgd", "--lr", "0.01",
+                 "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert [float(r["lr"]) for r in read_history(tmp_path)] == pytest.approx([0.01, 0.005,
+                                                                              0.0025])
+    result = run("train.py", "--subset", "600", "--epochs", "3", "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    lrs = [float(r["lr"]) for r in read_history(tmp_path)]
+    assert lrs[0] < lrs[1] and lrs[2] < lrs[1]        # OneCycle warms up, then anneals
+
+
+def test_without_validation_split_the_last_epoch_is_kept(tmp_path):
+    result = run("train.py", "--subset", "600", "--epochs", "2", "--val-size", "0",
+                 "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "(validation 0)" in result.stdout
+    assert torch.load(tmp_path / "best_model.pth", weights_only=True)["epoch"] == 2
+    assert read_history(tmp_path)[0]["val_accuracy"] == ""
+
+
+def test_help_shows_the_defaults_from_the_block_at_the_top():
+    result = run("train.py", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    for flag, value in [("--epochs", train.EPOCHS), ("--batch-size", train.BATCH_SIZE),
+                        ("--lr", train.LR), ("--optimizer", train.OPTIMIZER),
+                        ("--weight-decay", train.WEIGHT_DECAY), ("--val-size", train.VAL_SIZE),
+                        ("--scheduler", train.SCHEDULER), ("--augment", train.AUGMENT)]:
+        assert flag in text and f"(default: {value})" in text, flag
+    for flag in ["--momentum", "--step-size", "--gamma", "--seed", "--device", "--data-dir",
+                 "--save-dir", "--subset", "--resume", "--no-augment"]:
+        assert flag in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "0"], "argument --lr: must be > 0, got 0"),
+    (["--lr", "fast"], "argument --lr: expected float, got 'fast'"),
+    (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
+    (["--optimizer", "adam"], "argument --optimizer: invalid choice: 'adam'"),
+    (["--momentum", "1"], "argument --momentum: must be >= 0 and < 1, got 1"),
+    (["--val-size", "60000"], "argument --val-size: must be >= 0 and <= 59999"),
+    (["--subset", "100", "--val-size", "59999"], "leaves no images to train on"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+])
+def test_impossible_values_are_refused(tmp_path, args, message):
+    result = run("train.py", *args, "--save-dir", tmp_path)
+    assert_one_line_error(result, message, code=2)
+    assert not (tmp_path / "last.pth").exists()
+
+
+def test_values_edited_into_the_block_are_checked_too(tmp_path):
+    source = (train.__file__, open(train.__file__).read())
+    edited = tmp_path / "train.py"
+    edited.write_text(source[1].replace("\nLR = ", "\nLR = -1 or "))
+    for module in ("engine", "mnist", "net", "atomic"):
+        (tmp_path / f"{module}.py").symlink_to(source[0].replace("train.py", f"{module}.py"))
+    result = run(str(edited), "--subset", "100", cwd=tmp_path)
+    assert_one_line_error(result, "LR = -1 at the top of train.py: must be > 0", code=2)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_unavailable_device_is_one_line(tmp_path):
+    assert_one_line_error(run("train.py", "--device", "cuda", "--save-dir", tmp_path),
+                          "'cuda' is not available")
+
+
+def test_save_dir_that_is_a_file_stops_before_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = run("train.py", "--subset", "600", "--save-dir", blocker)
+    assert_one_line_error(result, "cannot write to the save folder", str(blocker))
+    assert "epoch" not in result.stdout
+
+
+def test_damaged_data_is_reported_before_training(tmp_path, data_copy):
+    archive = data_copy / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    archive.write_bytes(archive.read_bytes()[:100])
+    result = run("train.py", "--subset", "600", "--data-dir", data_copy,
+                 "--save-dir", tmp_path / "out")
+    assert_one_line_error(result, "t10k-labels-idx1-ubyte.gz is damaged", "git checkout")
+    assert not (tmp_path / "out" / "last.pth").exists() and "epoch" not in result.stdout

@@ -1,0 +1,313 @@
+"""Train LeNet-5 on MNIST and keep the checkpoint with the best validation accuracy.
+
+    python train.py                      # the recipe in the block below
+    python train.py --epochs 5 --lr 1e-3 # any setting can be overridden by a flag
+    python train.py --resume             # continue save_model/last.pth after a stop
+"""
+import argparse
+import csv
+import io
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import engine
+import mnist
+from net import LeNet5
+
+# ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
+EPOCHS = 30              # passes over the training images
+BATCH_SIZE = 128         # images per optimizer step
+OPTIMIZER = "adamw"      # "adamw" or "sgd"
+LR = 3e-3                # learning rate; the peak rate when SCHEDULER is "onecycle"
+MOMENTUM = 0.9           # SGD momentum (AdamW keeps its own betas)
+WEIGHT_DECAY = 1e-2      # decoupled for AdamW, an L2 penalty for SGD
+SCHEDULER = "onecycle"   # "onecycle" (stepped every batch), "step" (every epoch) or "none"
+STEP_SIZE = 10           # "step": epochs between learning-rate drops
+GAMMA = 0.1              # "step": factor of each drop
+AUGMENT = True           # random rotation, scale, shear and shift of each training image
+VAL_SIZE = 5000          # images held out of the 60,000 to pick the best epoch (0: keep the last)
+SEED = 0                 # fixes initialization, split, order and augmentation
+DEVICE = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda" or "mps"
+DATA_DIR = "data"        # holds MNIST/raw/
+SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv
+# ---------------------------------------------------------------------------------------------
+
+EVAL_BATCH_SIZE = 2000   # evaluation keeps no activations for backward, so big batches are cheap
+HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
+
+
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: ``kind`` (int or float) within [low, high], ends open where asked."""
+    def check(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(filter(None, [lo, hi]))}, "
+                                             f"got {text}")
+        return value
+    return check
+
+
+# flag → (default from the block above, argparse options); these make a run's hyperparameters.
+HYPERPARAMETERS = {
+    "epochs": (EPOCHS, dict(type=_number(int, 1), help="passes over the training images")),
+    "batch_size": (BATCH_SIZE, dict(type=_number(int, 1), help="images per optimizer step")),
+    "optimizer": (OPTIMIZER, dict(choices=["adamw", "sgd"], help="optimizer")),
+    "lr": (LR, dict(type=_number(float, 0, low_open=True), help="(peak) learning rate")),
+    "momentum": (MOMENTUM, dict(type=_number(float, 0, 1, high_open=True), help="SGD momentum")),
+    "weight_decay": (WEIGHT_DECAY, dict(type=_number(float, 0), help="weight decay")),
+    "scheduler": (SCHEDULER, dict(choices=["onecycle", "step", "none"],
+                                  help="learning-rate schedule")),
+    "step_size": (STEP_SIZE, dict(type=_number(int, 1), help="StepLR: epochs between drops")),
+    "gamma": (GAMMA, dict(type=_number(float, 0, 1, low_open=True), help="StepLR: drop factor")),
+    "augment": (AUGMENT, dict(action=argparse.BooleanOptionalAction,
+                              help="random affine augmentation of training images")),
+    "val_size": (VAL_SIZE, dict(type=_number(int, 0, mnist.TRAIN_SIZE - 1),
+                                help="training images held out for validation")),
+    "seed": (SEED, dict(type=_number(int, 0), help="random seed")),
+    "subset": (None, dict(type=_number(int, 1, mnist.TRAIN_SIZE), metavar="N",
+                          help="train on the first N training images only (smoke runs); "
+                               "the validation split shrinks in proportion")),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Train LeNet-5 on MNIST.")
+    for name, (default, options) in HYPERPARAMETERS.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = options.pop("help") + ("" if default is None else f" (default: {default})")
+        # None marks "not given", which --resume needs to tell conflicting flags apart
+        parser.add_argument(flag, default=None, help=help_text, **options)
+        options["help"] = help_text
+    parser.add_argument("--device", default=DEVICE, choices=engine.DEVICES,
+                        help=f"where to train (default: {DEVICE})")
+    parser.add_argument("--data-dir", default=DATA_DIR, help=f"MNIST folder (default: {DATA_DIR})")
+    parser.add_argument("--save-dir", default=SAVE_DIR,
+                        help=f"output folder (default: {SAVE_DIR})")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in SAVE_DIR/last.pth with its settings")
+    args = parser.parse_args(argv)
+    args.given = {name for name in HYPERPARAMETERS if getattr(args, name) is not None}
+    for name, (default, options) in HYPERPARAMETERS.items():
+        if getattr(args, name) is None and default is not None and "type" in options:
+            try:  # a value edited into the block gets the same checks as a flag
+                options["type"](default)
+            except argparse.ArgumentTypeError as e:
+                parser.error(f"{name.upper()} = {default!r} at the top of train.py: {e}")
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    args.parser = parser
+    return args
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signum)
+
+
+def prepare_save_dir(path: str) -> Path:
+    """Create the output folder and prove it is writable before any training starts."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".write-test").touch()
+        (folder / ".write-test").unlink()
+    except OSError as e:
+        raise engine.CheckpointError(f"cannot write to the save folder {folder} "
+                                     f"({e.strerror or e}): pass a writable --save-dir") from None
+    return folder
+
+
+def resume_state(args: argparse.Namespace, device: torch.device) -> dict:
+    """Read last.pth and make ``args`` the saved run's hyperparameters (checking conflicts)."""
+    state = engine.load_checkpoint(Path(args.save_dir) / "last.pth", device)
+    if "optimizer" not in state:
+        raise engine.CheckpointError(f"{args.save_dir}/last.pth holds no training state to "
+                                     f"resume (only weights)")
+    if state["device"] != device.type:
+        args.parser.error(f"the run was trained on {state['device']}; resume it there "
+                          f"with --device {state['device']}")
+    saved = state["hparams"]
+    for name in sorted(args.given - {"epochs"}):
+        if getattr(args, name) != saved[name]:
+            args.parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} conflicts with "
+                              f"the run being resumed ({saved[name]}); drop it, or start a new "
+                              f"run without --resume")
+    done, planned = state["epoch"], saved["epochs"]
+    epochs = args.epochs if "epochs" in args.given else planned
+    if done < planned and epochs != planned:
+        args.parser.error(f"the run stopped at epoch {done} of {planned}; resume it without "
+                          f"--epochs, then extend it with --resume --epochs N")
+    if done == planned and epochs <= done:
+        args.parser.error(f"the run in {args.save_dir}/last.pth finished all {done} epochs: "
+                          f"pass --epochs N with N > {done} to train it further")
+    for name in HYPERPARAMETERS:
+        setattr(args, name, saved[name])
+    args.epochs = epochs
+    return state
+
+
+def make_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                               weight_decay=args.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+
+
+def make_scheduler(optimizer, args, epochs: int, steps_per_epoch: int):
+    """The schedule, and whether it is stepped per batch (OneCycle) or per epoch (StepLR)."""
+    if args.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=args.lr, epochs=epochs, steps_per_epoch=steps_per_epoch), True
+    if args.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=args.step_size, gamma=args.gamma), False
+    return None, False
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    engine.write_atomic(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else format(value, pattern)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    device = engine.pick_device(args.device)
+    save_dir = prepare_save_dir(args.save_dir)
+    state = resume_state(args, device) if args.resume else None
+
+    # Data: both splits are read and verified before any training starts.
+    images, labels = mnist.load(args.data_dir, "train")
+    test_images, test_labels = mnist.load(args.data_dir, "test")
+    val_size = args.val_size
+    if args.subset is not None:
+        images, labels = images[:args.subset], labels[:args.subset]
+        val_size = mnist.scaled_val_size(val_size, args.subset)
+    if val_size >= len(labels):
+        args.parser.error(f"--val-size {val_size} leaves no images to train on")
+    train_idx, val_idx = mnist.train_val_split(len(labels), val_size, args.seed)
+    generator = torch.Generator(device).manual_seed(args.seed)
+    train_batches = mnist.Batches(images[train_idx], labels[train_idx], args.batch_size, device,
+                                  shuffle=True, augment=args.augment, generator=generator)
+    val_batches = (mnist.Batches(images[val_idx], labels[val_idx], EVAL_BATCH_SIZE, device)
+                   if val_size else None)
+
+    torch.manual_seed(args.seed)
+    model = LeNet5().to(device)
+    optimizer = make_optimizer(model, args)
+    first_epoch, best_val, history = 1, -1.0, []
+    hparams = {name: getattr(args, name) for name in HYPERPARAMETERS}
+    if state is None:
+        scheduler, per_batch = make_scheduler(optimizer, args, args.epochs, len(train_batches))
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        done, planned = state["epoch"], state["hparams"]["epochs"]
+        extending = done == planned
+        # A finished OneCycle run gets a new cycle over the added epochs; other schedules go on.
+        cycle_epochs = args.epochs - done if extending else args.epochs
+        scheduler, per_batch = make_scheduler(optimizer, args, cycle_epochs, len(train_batches))
+        if scheduler is not None and not (extending and per_batch):
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        generator.set_state(state["rng"]["data"])
+        first_epoch, best_val, history = done + 1, state["best_val_accuracy"], state["history"]
+        write_history(save_dir / "history.csv", history)
+        print(f"resuming {save_dir}/last.pth after epoch {done} of {args.epochs}")
+
+    print(f"training LeNet-5 on {len(train_idx):,} images (validation {len(val_idx):,}) "
+          f"on {device.type} for {args.epochs} epochs")
+    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "
+          f"{'lr':>8} {'time':>6} {'img/s':>7}")
+    last_done = first_epoch - 1
+    try:
+        for epoch in range(first_epoch, args.epochs + 1):
+            lr = optimizer.param_groups[0]["lr"]
+            start = time.perf_counter()
+            with tqdm(total=len(train_batches), desc=f"epoch {epoch}/{args.epochs}",
+                      unit="batch", leave=False, disable=None) as bar:
+                def on_step(n, loss_sum, correct, seen):
+                    bar.update(1)
+                    if not bar.disable and bar.n % 25 == 0:   # reading the device costs a sync
+                        bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                                        acc=f"{correct.item() / seen:.2%}")
+                train = engine.train_one_epoch(model, train_batches, optimizer,
+                                               scheduler if per_batch else None, on_step)
+            train_seconds = time.perf_counter() - start
+            if scheduler is not None and not per_batch:
+                scheduler.step()
+            val = engine.evaluate(model, val_batches) if val_batches else None
+            seconds = time.perf_counter() - start
+
+            improved = (val.accuracy > best_val) if val else epoch == args.epochs
+            checkpoint = {
+                "format": engine.CHECKPOINT_FORMAT, "model": model.state_dict(),
+                "hparams": hparams | {"epochs": args.epochs}, "epoch": epoch,
+                "val_accuracy": val.accuracy if val else None,
+                "mean": mnist.MEAN, "std": mnist.STD, "classes": mnist.CLASSES,
+                "torch_version": str(torch.__version__),
+            }
+            if improved:
+                best_val = val.accuracy if val else best_val
+                engine.save_checkpoint(save_dir / "best_model.pth", checkpoint)
+            history.append({
+                "epoch": epoch, "train_loss": round(train.loss, 6),
+                "train_accuracy": round(train.accuracy, 6),
+                "val_loss": round(val.loss, 6) if val else None,
+                "val_accuracy": round(val.accuracy, 6) if val else None, "lr": lr,
+            })
+            write_history(save_dir / "history.csv", history)
+            engine.save_checkpoint(save_dir / "last.pth", checkpoint | {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
+                "history": history, "best_val_accuracy": best_val, "device": device.type,
+            })
+            last_done = epoch
+            print(f"{epoch:>5} {train.loss:>10.4f} {train.accuracy:>9.2%} "
+                  f"{fmt(val and val.loss, '.4f'):>8} {fmt(val and val.accuracy, '.2%'):>8} "
+                  f"{lr:>8.2e} {seconds:>5.1f}s {train.total / train_seconds:>7,.0f}"
+                  f"{'  best' if improved else ''}", flush=True)
+    except Interrupted as stop:
+        where = (f"{save_dir}/last.pth holds epoch {last_done}; continue with: python train.py "
+                 f"--resume" + (f" --save-dir {save_dir}" if args.save_dir != SAVE_DIR else "")
+                 if last_done else "no epoch had finished, so nothing was saved")
+        print(f"\nstopped by {stop} during epoch {last_done + 1}: {where}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+
+    best = engine.load_checkpoint(save_dir / "best_model.pth", device)
+    test = engine.evaluate(engine.model_from_checkpoint(best, device, save_dir / "best_model.pth"),
+                           mnist.Batches(test_images, test_labels, EVAL_BATCH_SIZE, device))
+    print(f"best epoch {best['epoch']} saved to {save_dir}/best_model.pth")
+    print(f"test accuracy {test.accuracy:.2%} ({test.errors} errors / {test.total})")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (mnist.DataError, engine.CheckpointError, engine.DeviceError) as e:
+        sys.exit(f"error: {e}")
