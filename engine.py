@@ -1,5 +1,7 @@
 """Shared mechanics of the scripts: device choice, one training epoch, evaluation, checkpoints."""
+import io
 import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,8 +119,10 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
     """Write ``checkpoint`` atomically; on failure the previous file stays whole."""
+    buffer = io.BytesIO()   # serialized first, so a write error surfaces as a plain OSError
+    torch.save(checkpoint, buffer)
     try:
-        write_atomic(path, lambda f: torch.save(checkpoint, f))
+        write_atomic(path, lambda f: f.write(buffer.getbuffer()))
     except OSError as e:
         raise CheckpointError(f"could not write {path} ({e.strerror or e}); "
                               f"the previous version, if any, is kept") from None
@@ -141,9 +145,14 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")    # old-format files warn before failing
             checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"refused to load {path}: it holds Python objects beyond tensors "
-                              f"and plain values, and loading it could run code") from None
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"GLOBAL (\S+)", str(e))
+        if unsafe:
+            raise CheckpointError(f"refused to load {path}: it refers to Python code "
+                                  f"({unsafe[1]}) that loading would run; only tensors and "
+                                  f"plain values are accepted") from None
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
+                              f"(not a weights-only file)") from None
     except Exception:  # torch.load reports bad files as RuntimeError, EOFError, KeyError, ...
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
                               f"(truncated, damaged or another kind of file)") from None

@@ -4,20 +4,33 @@
     python train.py --epochs 5 --lr 1e-3 # any setting can be overridden by a flag
     python train.py --resume             # continue save_model/last.pth after a stop
 """
-import argparse
-import csv
-import io
+import os
 import signal
 import sys
-import time
-from pathlib import Path
 
-import torch
-from tqdm import tqdm
 
-import engine
-import mnist
-from net import LeNet5
+def _stop_while_starting(signum, frame):
+    print(f"stopped by {signal.Signals(signum).name} while starting; nothing was saved",
+          file=sys.stderr)
+    os._exit(128 + signum)
+
+
+# Importing torch takes seconds: a stop during it should be as quiet as one during training.
+signal.signal(signal.SIGINT, _stop_while_starting)
+signal.signal(signal.SIGTERM, _stop_while_starting)
+
+import argparse  # noqa: E402 (the handlers above must come first)
+import csv  # noqa: E402
+import io  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import engine  # noqa: E402
+import mnist  # noqa: E402
+from net import LeNet5  # noqa: E402
 
 # ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
 EPOCHS = 30              # passes over the training images
@@ -38,6 +51,7 @@ SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv
 # ---------------------------------------------------------------------------------------------
 
 EVAL_BATCH_SIZE = 2000   # evaluation keeps no activations for backward, so big batches are cheap
+OUTPUTS = ["best_model.pth", "last.pth", "history.csv"]
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
 
@@ -111,9 +125,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 class Interrupted(Exception):
+    """Raised by SIGINT or SIGTERM so that a stop unwinds like any error, between two steps."""
+
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.saved = "no epoch had finished, so nothing was saved"
 
 
 def _raise_interrupted(signum, frame):
@@ -130,6 +147,9 @@ def prepare_save_dir(path: str) -> Path:
     except OSError as e:
         raise engine.CheckpointError(f"cannot write to the save folder {folder} "
                                      f"({e.strerror or e}): pass a writable --save-dir") from None
+    for name in OUTPUTS:   # temporary files a kill -9 left behind mid-write
+        for leftover in folder.glob(f".{name}.*.tmp"):
+            leftover.unlink(missing_ok=True)
     return folder
 
 
@@ -196,6 +216,14 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        train(args)
+    except Interrupted as stop:
+        print(f"\nstopped by {stop}: {stop.saved}", file=sys.stderr)
+        sys.exit(128 + stop.signum)
+
+
+def train(args: argparse.Namespace) -> None:
     device = engine.pick_device(args.device)
     save_dir = prepare_save_dir(args.save_dir)
     state = resume_state(args, device) if args.resume else None
@@ -225,14 +253,19 @@ def main(argv=None) -> None:
         scheduler, per_batch = make_scheduler(optimizer, args, args.epochs, len(train_batches))
     else:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        done, planned = state["epoch"], state["hparams"]["epochs"]
-        extending = done == planned
-        # A finished OneCycle run gets a new cycle over the added epochs; other schedules go on.
-        cycle_epochs = args.epochs - done if extending else args.epochs
-        scheduler, per_batch = make_scheduler(optimizer, args, cycle_epochs, len(train_batches))
-        if scheduler is not None and not (extending and per_batch):
-            scheduler.load_state_dict(state["scheduler"])
+        done = state["epoch"]
+        if done == state["hparams"]["epochs"] and args.scheduler == "onecycle":
+            # A finished OneCycle run gets a new cycle of its own over the added epochs.
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler, per_batch = make_scheduler(optimizer, args, args.epochs - done,
+                                                  len(train_batches))
+        else:
+            # Schedulers set the learning rate when created: restore the optimizer after that.
+            scheduler, per_batch = make_scheduler(optimizer, args, args.epochs,
+                                                  len(train_batches))
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         generator.set_state(state["rng"]["data"])
         first_epoch, best_val, history = done + 1, state["best_val_accuracy"], state["history"]
@@ -293,11 +326,11 @@ def main(argv=None) -> None:
                   f"{lr:>8.2e} {seconds:>5.1f}s {train.total / train_seconds:>7,.0f}"
                   f"{'  best' if improved else ''}", flush=True)
     except Interrupted as stop:
-        where = (f"{save_dir}/last.pth holds epoch {last_done}; continue with: python train.py "
-                 f"--resume" + (f" --save-dir {save_dir}" if args.save_dir != SAVE_DIR else "")
-                 if last_done else "no epoch had finished, so nothing was saved")
-        print(f"\nstopped by {stop} during epoch {last_done + 1}: {where}", file=sys.stderr)
-        sys.exit(128 + stop.signum)
+        if last_done:
+            stop.saved = (f"{save_dir}/last.pth holds epoch {last_done} of {args.epochs}; "
+                          f"continue with: python train.py --resume"
+                          + (f" --save-dir {save_dir}" if args.save_dir != SAVE_DIR else ""))
+        raise
 
     best = engine.load_checkpoint(save_dir / "best_model.pth", device)
     test = engine.evaluate(engine.model_from_checkpoint(best, device, save_dir / "best_model.pth"),

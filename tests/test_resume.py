@@ -1,0 +1,169 @@
+"""Stops of every kind lose no finished work, and a resumed run equals an uninterrupted one."""
+import os
+import resource
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import mnist
+from conftest import ROOT, assert_one_line_error, run
+
+# Slow enough per epoch (about a second) to be stopped in the middle of one.
+RUN = ["--subset", "8000", "--epochs", "3", "--batch-size", "32"]
+
+
+def start(save_dir, *extra):
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *RUN, *map(str, extra),
+                             "--save-dir", str(save_dir)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def saved_epoch(path):
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+def assert_same_weights(a, b):
+    wa, wb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    save_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run("train.py", *RUN, "--save-dir", save_dir)
+    assert result.returncode == 0, result.stderr
+    return save_dir
+
+
+def test_ctrl_c_stops_fast_and_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    process = start(tmp_path)
+    wait_for(tmp_path / "last.pth", process)          # epoch 1 is done; stop during epoch 2
+    sent = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 3, "a stop should take about a second"
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    assert "stopped by SIGINT: " in err and "holds epoch 1 of 3" in err and "python train.py --resume" in err
+    assert saved_epoch(tmp_path / "last.pth") == 1
+
+    result = run("train.py", "--resume", "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stdout and "test accuracy" in result.stdout
+    assert_same_weights(tmp_path / "last.pth", uninterrupted / "last.pth")
+    assert_same_weights(tmp_path / "best_model.pth", uninterrupted / "best_model.pth")
+    assert (tmp_path / "history.csv").read_text() == \
+        (uninterrupted / "history.csv").read_text()
+
+
+def test_sigterm_exits_143_and_the_run_resumes(tmp_path):
+    process = start(tmp_path)
+    wait_for(tmp_path / "last.pth", process)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "stopped by SIGTERM" in err, err
+    assert "Traceback" not in err
+    result = run("train.py", "--resume", "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert saved_epoch(tmp_path / "last.pth") == 3
+
+
+@pytest.mark.parametrize("delay", [0.5, 3.0])       # importing torch; loading data or later
+def test_stop_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, delay):
+    process = start(tmp_path)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "nothing was saved" in err
+    assert not (tmp_path / "last.pth").exists()
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.1, 1.9])
+def test_kill_9_leaves_whole_checkpoints_that_resume(tmp_path, delay):
+    process = start(tmp_path)
+    wait_for(tmp_path / "last.pth", process)
+    time.sleep(delay)
+    process.kill()
+    process.wait()
+    for name in ("last.pth", "best_model.pth"):
+        torch.load(tmp_path / name, weights_only=True)   # whole, never truncated
+    result = run("train.py", "--resume", "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert saved_epoch(tmp_path / "last.pth") == 3
+    assert not list(tmp_path.glob(".*.tmp"))              # leftovers are cleared
+
+
+def test_kill_9_in_the_middle_of_a_write_keeps_the_old_file(tmp_path):
+    target = tmp_path / "best_model.pth"
+    target.write_bytes(b"old complete version")
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {str(ROOT)!r})
+        from atomic import write_atomic
+        def half_then_die(f):
+            f.write(b"half of the new ver")
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+        write_atomic({str(target)!r}, half_then_die)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], timeout=60)
+    assert result.returncode == -signal.SIGKILL
+    assert target.read_bytes() == b"old complete version"
+
+
+def test_resume_refuses_conflicting_flags_and_extends_with_epochs(tmp_path, uninterrupted):
+    for name in ("last.pth", "best_model.pth", "history.csv"):
+        (tmp_path / name).write_bytes((uninterrupted / name).read_bytes())
+    assert_one_line_error(run("train.py", "--resume", "--lr", "0.1", "--save-dir", tmp_path),
+                          "--lr 0.1 conflicts with the run being resumed (0.003)", code=2)
+    assert_one_line_error(run("train.py", "--resume", "--save-dir", tmp_path),
+                          "finished all 3 epochs", "--epochs N", code=2)
+    best_before = torch.load(tmp_path / "best_model.pth", weights_only=True)
+    result = run("train.py", "--resume", "--epochs", "4", "--batch-size", "32",
+                 "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    history = (tmp_path / "history.csv").read_text().splitlines()
+    assert history[:4] == (uninterrupted / "history.csv").read_text().splitlines()
+    assert len(history) == 5
+    best_after = torch.load(tmp_path / "best_model.pth", weights_only=True)
+    assert best_after["val_accuracy"] >= best_before["val_accuracy"]
+    assert saved_epoch(tmp_path / "last.pth") == 4
+
+
+def test_resume_without_a_saved_run(tmp_path):
+    assert_one_line_error(run("train.py", "--resume", "--save-dir", tmp_path),
+                          "no checkpoint at", "last.pth")
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path):
+    mnist.verify(ROOT / "data")                       # extraction must not hit the limit
+    assert run("train.py", "--subset", "600", "--epochs", "1", "--save-dir",
+               tmp_path).returncode == 0
+    before = (tmp_path / "best_model.pth").read_bytes()
+
+    def small_disk():  # files may not grow past 100 kB: a checkpoint needs about 250 kB
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--subset", "600",
+                             "--epochs", "1", "--seed", "5", "--save-dir", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            preexec_fn=small_disk)
+    assert_one_line_error(result, "could not write", "File too large", "previous version")
+    assert (tmp_path / "best_model.pth").read_bytes() == before
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -1,0 +1,64 @@
+import re
+
+import numpy as np
+from PIL import Image
+
+from conftest import assert_one_line_error, run
+
+LINE = re.compile(r"\s*(\d+)\s+(\d)\s+(\d)\s+(\d+\.\d\d)%\s+(right|WRONG)$")
+
+
+def prediction_lines(stdout):
+    return [LINE.match(line) for line in stdout.splitlines() if LINE.match(line)]
+
+
+def test_first_ten_predictions_and_a_valid_png(trained, tmp_path):
+    out = tmp_path / "pictures" / "predictions.png"
+    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--out", out)
+    assert result.returncode == 0, result.stderr
+    lines = prediction_lines(result.stdout)
+    assert [int(m[1]) for m in lines] == list(range(10))
+    assert [int(m[3]) for m in lines[:5]] == [7, 2, 1, 0, 4]          # the real test labels
+    assert all((m[2] == m[3]) == (m[5] == "right") for m in lines)
+    assert all(0 < float(m[4]) <= 100 for m in lines)
+    with Image.open(out) as picture:
+        picture.verify()
+    with Image.open(out) as picture:
+        assert picture.format == "PNG" and picture.width >= 10 * 112
+        assert np.asarray(picture.convert("L")).std() > 50   # digits and captions, no blank
+
+
+def test_wrong_predictions_are_marked_red(trained, tmp_path):
+    out = tmp_path / "p.png"
+    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--count", "40",
+                 "--out", out)
+    assert result.returncode == 0, result.stderr
+    wrong = sum(m[5] == "WRONG" for m in prediction_lines(result.stdout))
+    rgb = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    red = (rgb[..., 0] > 180) & (rgb[..., 1] < 80) & (rgb[..., 2] < 80)
+    assert red.any() == (wrong > 0), wrong
+
+
+def test_start_count_and_random(trained, tmp_path):
+    checkpoint = trained / "best_model.pth"
+    result = run("show.py", "--checkpoint", checkpoint, "--start", "9995", "--count", "3",
+                 "--out", tmp_path / "a.png")
+    assert [int(m[1]) for m in prediction_lines(result.stdout)] == [9995, 9996, 9997]
+    picks = [prediction_lines(run("show.py", "--checkpoint", checkpoint, "--random",
+                                  "--count", "5", "--seed", "7",
+                                  "--out", tmp_path / "b.png").stdout) for _ in range(2)]
+    indices = [[int(m[1]) for m in p] for p in picks]
+    assert indices[0] == indices[1] and len(set(indices[0])) == 5
+    assert indices[0] != list(range(5))
+
+
+def test_bad_requests_are_one_line(trained, tmp_path):
+    checkpoint = trained / "best_model.pth"
+    assert_one_line_error(run("show.py", "--checkpoint", checkpoint, "--start", "10000"),
+                          "--start must be between 0 and 9999")
+    assert_one_line_error(run("show.py", "--checkpoint", checkpoint, "--count", "0"),
+                          "must be >= 1", code=2)
+    assert_one_line_error(run("show.py", "--checkpoint", checkpoint, "--out", tmp_path / "x"),
+                          "give the picture a file type", code=2)
+    assert_one_line_error(run("show.py", "--checkpoint", tmp_path / "none.pth"),
+                          "python train.py")

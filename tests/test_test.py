@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+import engine
+import mnist
+from conftest import ROOT, assert_one_line_error, run
+from net import LeNet5
+
+
+def test_report_table_and_json_agree_with_the_checkpoint(trained):
+    checkpoint = trained / "best_model.pth"
+    table = run("test.py", "--checkpoint", checkpoint)
+    assert table.returncode == 0, table.stderr
+    report = json.loads(run("test.py", "--checkpoint", checkpoint, "--json").stdout)
+    confusion = report["confusion"]
+    assert len(confusion) == 10 and all(len(row) == 10 for row in confusion)
+    assert sum(map(sum, confusion)) == report["total"] == 10_000
+    correct = sum(confusion[i][i] for i in range(10))
+    assert report["accuracy"] == correct / 10_000 and report["errors"] == 10_000 - correct
+    assert [sum(row) for row in confusion][:2] == [980, 1135]    # test images per digit
+    assert report["per_class_accuracy"]["1"] == confusion[1][1] / 1135
+    assert f"accuracy    {report['accuracy']:.2%} ({report['errors']} errors / 10000)" \
+        in table.stdout
+    assert "confusion matrix" in table.stdout
+    lines = table.stdout.splitlines()
+    matrix = lines[lines.index(next(l for l in lines if l.startswith("confusion"))) + 2:]
+    assert [int(n) for n in matrix[3].split()[1:]] == confusion[3]
+    assert len({len(line) for line in matrix}) == 1                 # aligned columns
+
+
+def tutorial_test_accuracy(model):
+    """The tutorial's own test loop: torchvision dataset, ToTensor, batches of 16."""
+    data = datasets.MNIST(ROOT / "data", train=False, transform=transforms.ToTensor())
+    correct = 0
+    model.eval()
+    with torch.no_grad():
+        for x, y in DataLoader(data, batch_size=16):
+            correct += (model(x).argmax(1) == y).sum().item()
+    return correct
+
+
+def test_tutorial_state_dict_scores_what_it_scored_in_the_tutorial(tmp_path):
+    torch.manual_seed(0)
+    images, labels = mnist.load(ROOT / "data", "train")
+    model = LeNet5()           # trained the tutorial's way: raw [0, 1] pixels, no normalization
+    engine.train_one_epoch(model, mnist.Batches(
+        images[:3000], labels[:3000], 16, torch.device("cpu"), mean=0.0, std=1.0,
+        shuffle=True, generator=torch.Generator().manual_seed(0)),
+        torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
+    path = tmp_path / "tutorial_model.pth"
+    torch.save(model.state_dict(), path)
+    correct = tutorial_test_accuracy(model)
+    result = run("test.py", "--checkpoint", path, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["total"] - report["errors"] == correct
+    assert report["accuracy"] > 0.8
+
+
+def test_missing_checkpoint_says_to_train_first(tmp_path):
+    result = run("test.py", "--checkpoint", tmp_path / "best_model.pth")
+    assert_one_line_error(result, "no checkpoint at", "python train.py")
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"id,label\n1,7\n", "not a readable PyTorch checkpoint"),
+    (b"", "is empty"),
+])
+def test_file_that_is_not_a_checkpoint(tmp_path, content, message):
+    path = tmp_path / "notes.pth"
+    path.write_bytes(content)
+    assert_one_line_error(run("test.py", "--checkpoint", path), message, str(path))
+
+
+def test_checkpoint_of_another_model(tmp_path):
+    path = tmp_path / "mlp.pth"
+    torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).state_dict(),
+               path)
+    assert_one_line_error(run("test.py", "--checkpoint", path), "weights of another model")
+
+
+def test_damaged_data(trained, data_copy):
+    archive = data_copy / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    archive.write_bytes(b"garbage")
+    result = run("test.py", "--checkpoint", trained / "best_model.pth", "--data-dir", data_copy)
+    assert_one_line_error(result, "t10k-images-idx3-ubyte.gz is damaged")
+
+
+def test_unknown_device(trained):
+    result = run("test.py", "--checkpoint", trained / "best_model.pth", "--device", "gpu")
+    assert_one_line_error(result, "invalid choice: 'gpu'", code=2)
