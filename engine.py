@@ -174,4 +174,4 @@ def model_from_checkpoint(checkpoint: dict, device: torch.device, path: str | Pa
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise CheckpointError(f"{path} holds weights of another model ({first.rstrip('.')})"
                               ) from None
-    return model.to(device).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()

@@ -112,7 +112,9 @@ def _download(root: str | Path) -> None:
         for train in (True, False):
             MNIST(root, train=train, download=True)
     except Exception as e:  # torchvision raises plain RuntimeError/URLError for a failed download
-        raise DataError(f"no MNIST files in {raw_dir(root)} and the download failed ({e}): "
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise DataError(f"no MNIST files in {raw_dir(root)} and downloading them failed "
+                        f"({reason}): point --data-dir at the folder holding MNIST/raw, or "
                         f"restore them with `git checkout -- {raw_dir(root)}`") from None
 
 

@@ -1,8 +1,9 @@
-"""Show a checkpoint's predictions on MNIST test images, as text and as one picture.
+"""Show a checkpoint's predictions as text and as one picture.
 
     python show.py                        # the first 10 test images
     python show.py --random --count 20    # 20 random ones
-    python show.py --start 100 --show     # images 100-109, opened in the image viewer
+    python show.py --errors               # the test images it gets wrong, most confident first
+    python show.py --image my_digit.jpg   # your own handwriting (files or folders)
 """
 import argparse
 import os
@@ -14,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import engine
+import handwriting
 import mnist
 from atomic import write_atomic
 
@@ -39,8 +41,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="index of the first test image (default: %(default)s)")
     parser.add_argument("--count", type=_count, default=10,
                         help="how many images (default: %(default)s)")
-    parser.add_argument("--random", action="store_true",
-                        help="pick random test images instead of consecutive ones")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--random", action="store_true",
+                       help="pick random test images instead of consecutive ones")
+    which.add_argument("--errors", action="store_true",
+                       help="show misclassified test images, most confident mistakes first")
+    which.add_argument("--image", nargs="+", metavar="PATH",
+                       help="predict your own pictures of digits (files or folders)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for --random, to get the same images again")
     parser.add_argument("--out", default="save_model/predictions.png",
@@ -56,7 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def pick_indices(args, total: int) -> torch.Tensor:
+def pick_indices(args, probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    total = len(labels)
+    if args.errors:
+        confidence, predicted = probabilities.max(1)
+        wrong = (predicted != labels).nonzero().flatten()
+        return wrong[confidence[wrong].argsort(descending=True)][:args.count]
     if args.random:
         generator = torch.Generator()
         generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
@@ -117,32 +129,82 @@ def open_in_viewer(path: str) -> None:
         print(f"no image viewer found ({opener} is missing); open {path} yourself")
 
 
+def show_test_images(args, model, checkpoint, device, font) -> list[Image.Image]:
+    images, labels = mnist.load(args.data_dir, "test")
+    batches = mnist.Batches(images, labels, 2000, device, mean=checkpoint["mean"],
+                            std=checkpoint["std"])
+    probabilities = torch.cat([engine.predict(model, x) for x, _ in batches]).cpu()
+    indices = pick_indices(args, probabilities, labels)
+    classes = checkpoint["classes"]
+    if args.errors:
+        print(f"{int((probabilities.argmax(1) != labels).sum())} of {len(labels)} test images "
+              f"are misclassified; the {len(indices)} most confident mistakes:")
+    print(f"{'index':>5} {'predicted':>9} {'actual':>6} {'confidence':>10}  result")
+    tiles, right = [], 0
+    for index in indices.tolist():
+        p, guess = probabilities[index].max(0)
+        guess, truth = int(guess), int(labels[index])
+        right += guess == truth
+        print(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {float(p):>10.2%}  "
+              f"{'right' if guess == truth else 'WRONG'}")
+        tiles.append(tile(enlarged(images[index]), [f"pred {classes[guess]} ({float(p):.0%})",
+                                                    f"true {classes[truth]}  #{index}"],
+                          guess != truth, font))
+    if not args.errors:
+        print(f"{right} of {len(tiles)} right")
+    return tiles
+
+
+def show_own_images(args, model, checkpoint, device, font) -> list[Image.Image]:
+    files, problems = handwriting.image_files(args.image)
+    classes = checkpoint["classes"]
+    tiles = []
+    for path in files:
+        try:
+            original = handwriting.open_image(path)
+            prepared = handwriting.prepare(original)
+        except handwriting.ImageProblem as e:
+            problems.append(f"{path}: {e}")
+            continue
+        x = ((prepared - checkpoint["mean"]) / checkpoint["std"])[None, None].to(device)
+        top = engine.predict(model, x)[0].cpu().topk(3)
+        ranking = ", ".join(f"{classes[i]} {p:.1%}" for p, i in zip(*map(list, top)))
+        print(f"{path}: {classes[top.indices[0]]}  (top 3: {ranking})")
+        thumbnail = original.convert("RGBA")
+        thumbnail.thumbnail((28 * ZOOM, 28 * ZOOM))
+        pair = Image.new("RGB", (28 * ZOOM * 2 + 8, 28 * ZOOM), "white")
+        pair.paste(thumbnail, ((28 * ZOOM - thumbnail.width) // 2,
+                               (28 * ZOOM - thumbnail.height) // 2), thumbnail)
+        pair.paste(enlarged((prepared * 255).round().byte()), (28 * ZOOM + 8, 0))
+        name = path.name if len(path.name) <= 28 else path.name[:25] + "..."
+        tiles.append(tile(pair, [name, f"seen as {classes[top.indices[0]]} "
+                                       f"({float(top.values[0]):.0%})"], False, font))
+    for problem in problems:
+        print(f"skipped {problem}", file=sys.stderr)
+    if not tiles:
+        raise SystemExit("error: none of the pictures could be read (see above)")
+    return tiles
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = engine.pick_device(args.device)
     checkpoint = engine.load_checkpoint(args.checkpoint, device)
     model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
-    images, labels = mnist.load(args.data_dir, "test")
-    indices = pick_indices(args, len(labels))
-    batch = next(iter(mnist.Batches(images[indices], labels[indices], len(indices), device,
-                                    mean=checkpoint["mean"], std=checkpoint["std"])))
-    confidence, predicted = engine.predict(model, batch[0]).max(1)
-    classes = checkpoint["classes"]
-
     font = ImageFont.load_default(size=CAPTION_SIZE)
-    tiles = []
-    print(f"{'index':>5} {'predicted':>9} {'actual':>6} {'confidence':>10}  result")
-    for index, guess, p in zip(indices.tolist(), predicted.tolist(), confidence.tolist()):
-        truth = labels[index].item()
-        wrong = guess != truth
-        print(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {p:>10.2%}  "
-              f"{'WRONG' if wrong else 'right'}")
-        tiles.append(tile(enlarged(images[index]),
-                          [f"pred {classes[guess]} ({p:.0%})", f"true {classes[truth]}  #{index}"],
-                          wrong, font))
-    right = sum(p == labels[i].item() for i, p in zip(indices.tolist(), predicted.tolist()))
-    save_picture(grid(tiles), args.out)
-    print(f"{right} of {len(tiles)} right; picture written to {args.out}")
+    if args.image:
+        tiles = show_own_images(args, model, checkpoint, device, font)
+    else:
+        tiles = show_test_images(args, model, checkpoint, device, font)
+    if not tiles:
+        print("nothing to draw: every test image is classified correctly")
+        return
+    try:
+        save_picture(grid(tiles, columns=5 if args.image else COLUMNS), args.out)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}): "
+                         f"pass another --out PATH")
+    print(f"picture written to {args.out}")
     if args.show:
         open_in_viewer(args.out)
 

@@ -6,9 +6,11 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import engine
 import mnist
+import plots
 
 EVAL_BATCH_SIZE = 2000
 
@@ -23,6 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where to run (default: %(default)s)")
     parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--confusion", default="save_model/confusion.png", metavar="PATH",
+                        help="where to draw the confusion matrix (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -72,10 +76,19 @@ def print_table(r: dict) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     r = report(args)
+    try:
+        Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
+        plots.confusion_matrix(r["confusion"], list(r["per_class_accuracy"]),
+                               f"{r['checkpoint']}: test accuracy {r['accuracy']:.2%} "
+                               f"({r['errors']} errors / {r['total']})", args.confusion)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {args.confusion} ({e.strerror or e}): "
+                         f"pass another --confusion PATH")
     if args.json:
         print(json.dumps(r, indent=2))
     else:
         print_table(r)
+        print(f"\nconfusion matrix drawn in {args.confusion}")
 
 
 if __name__ == "__main__":

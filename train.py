@@ -30,6 +30,7 @@ from tqdm import tqdm  # noqa: E402
 
 import engine  # noqa: E402
 import mnist  # noqa: E402
+import plots  # noqa: E402
 from net import LeNet5  # noqa: E402
 
 # ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
@@ -47,11 +48,11 @@ VAL_SIZE = 5000          # images held out of the 60,000 to pick the best epoch 
 SEED = 0                 # fixes initialization, split, order and augmentation
 DEVICE = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda" or "mps"
 DATA_DIR = "data"        # holds MNIST/raw/
-SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv
+SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 # ---------------------------------------------------------------------------------------------
 
 EVAL_BATCH_SIZE = 2000   # evaluation keeps no activations for backward, so big batches are cheap
-OUTPUTS = ["best_model.pth", "last.pth", "history.csv"]
+OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
 
@@ -245,7 +246,8 @@ def train(args: argparse.Namespace) -> None:
                    if val_size else None)
 
     torch.manual_seed(args.seed)
-    model = LeNet5().to(device)
+    # channels_last: the CPU convolutions (oneDNN) run about 1.4x faster in this layout
+    model = LeNet5().to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, args)
     first_epoch, best_val, history = 1, -1.0, []
     hparams = {name: getattr(args, name) for name in HYPERPARAMETERS}
@@ -314,6 +316,7 @@ def train(args: argparse.Namespace) -> None:
                 "val_accuracy": round(val.accuracy, 6) if val else None, "lr": lr,
             })
             write_history(save_dir / "history.csv", history)
+            plots.training_curves(history, save_dir / "curves.png")
             engine.save_checkpoint(save_dir / "last.pth", checkpoint | {
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None,

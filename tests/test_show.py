@@ -62,3 +62,50 @@ def test_bad_requests_are_one_line(trained, tmp_path):
                           "give the picture a file type", code=2)
     assert_one_line_error(run("show.py", "--checkpoint", tmp_path / "none.pth"),
                           "python train.py")
+
+
+def test_errors_lists_only_mistakes_most_confident_first(trained, tmp_path):
+    out = tmp_path / "errors.png"
+    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--errors",
+                 "--count", "15", "--out", out)
+    assert result.returncode == 0, result.stderr
+    lines = prediction_lines(result.stdout)
+    assert len(lines) == 15 and all(m[5] == "WRONG" and m[2] != m[3] for m in lines)
+    confidences = [float(m[4]) for m in lines]
+    assert confidences == sorted(confidences, reverse=True)
+    total = int(re.search(r"(\d+) of 10000 test images are misclassified", result.stdout)[1])
+    assert total >= 15
+    with Image.open(out) as picture:
+        picture.verify()
+
+
+def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_path):
+    from test_handwriting import render, transparent
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    render(0).save(folder / "seven.jpg")
+    transparent(2).save(folder / "one.png")
+    (folder / "broken.png").write_text("not a picture")
+    Image.new("L", (80, 80), 230).save(folder / "blank.png")
+    out = tmp_path / "own.png"
+    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--image", folder,
+                 tmp_path / "missing.jpg", "--out", out)
+    assert result.returncode == 0, result.stderr
+    answers = dict(re.findall(r"(\S+\.(?:jpg|png)): (\d)  \(top 3: ", result.stdout))
+    assert set(answers) == {str(folder / "seven.jpg"), str(folder / "one.png")}
+    assert re.search(r"one\.png: \d  \(top 3: \d \d+\.\d%, \d \d+\.\d%, \d \d+\.\d%\)",
+                     result.stdout)
+    skipped = result.stderr.strip().splitlines()
+    assert len(skipped) == 3 and all(line.startswith("skipped ") for line in skipped)
+    assert "broken.png" in result.stderr and "not an image" in result.stderr
+    assert "blank.png" in result.stderr and "missing.jpg: no such file" in result.stderr
+    with Image.open(out) as picture:
+        assert picture.width >= 2 * 2 * 112           # original and prepared, per picture
+
+
+def test_own_pictures_none_readable(trained, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--image",
+                 tmp_path / "empty", "--out", tmp_path / "x.png")
+    assert_one_line_error(result, "none of the pictures could be read")
+    assert "no pictures in this folder" in result.stderr

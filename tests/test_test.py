@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -11,11 +12,14 @@ from conftest import ROOT, assert_one_line_error, run
 from net import LeNet5
 
 
-def test_report_table_and_json_agree_with_the_checkpoint(trained):
+def test_report_table_and_json_agree_with_the_checkpoint(trained, tmp_path):
     checkpoint = trained / "best_model.pth"
-    table = run("test.py", "--checkpoint", checkpoint)
+    table = run("test.py", "--checkpoint", checkpoint, "--confusion", tmp_path / "c.png")
     assert table.returncode == 0, table.stderr
-    report = json.loads(run("test.py", "--checkpoint", checkpoint, "--json").stdout)
+    with Image.open(tmp_path / "c.png") as picture:
+        assert picture.format == "PNG" and picture.width > 600
+    report = json.loads(run("test.py", "--checkpoint", checkpoint, "--json",
+                            "--confusion", tmp_path / "c.png").stdout)
     confusion = report["confusion"]
     assert len(confusion) == 10 and all(len(row) == 10 for row in confusion)
     assert sum(map(sum, confusion)) == report["total"] == 10_000
@@ -27,7 +31,8 @@ def test_report_table_and_json_agree_with_the_checkpoint(trained):
         in table.stdout
     assert "confusion matrix" in table.stdout
     lines = table.stdout.splitlines()
-    matrix = lines[lines.index(next(l for l in lines if l.startswith("confusion"))) + 2:]
+    header = lines.index(next(line for line in lines if line.startswith("confusion matrix (")))
+    matrix = lines[header + 2:header + 12]
     assert [int(n) for n in matrix[3].split()[1:]] == confusion[3]
     assert len({len(line) for line in matrix}) == 1                 # aligned columns
 
@@ -54,7 +59,7 @@ def test_tutorial_state_dict_scores_what_it_scored_in_the_tutorial(tmp_path):
     path = tmp_path / "tutorial_model.pth"
     torch.save(model.state_dict(), path)
     correct = tutorial_test_accuracy(model)
-    result = run("test.py", "--checkpoint", path, "--json")
+    result = run("test.py", "--checkpoint", path, "--json", "--confusion", tmp_path / "c.png")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["total"] - report["errors"] == correct

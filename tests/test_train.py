@@ -3,6 +3,7 @@ import re
 
 import pytest
 import torch
+from PIL import Image
 
 import train
 from conftest import SMOKE, assert_one_line_error, run
@@ -25,6 +26,8 @@ def test_smoke_run_writes_a_self_describing_checkpoint_and_reports_test_accuracy
     best = max(rows, key=lambda row: float(row["val_accuracy"]))
     assert checkpoint["epoch"] == int(best["epoch"])
     assert checkpoint["val_accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
+    with Image.open(trained / "curves.png") as curves:
+        assert curves.format == "PNG" and curves.width > 600
 
 
 def test_log_has_one_aligned_line_per_epoch_and_the_test_result(tmp_path):

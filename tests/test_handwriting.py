@@ -1,0 +1,135 @@
+"""Pictures made here the way people make them: each must come out as an MNIST-style digit."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import engine
+import handwriting
+import mnist
+from conftest import ROOT
+from net import LeNet5
+
+TEST_IMAGES, TEST_LABELS = mnist.load(ROOT / "data", "test")
+DIGITS = range(20)
+
+
+def render(index, size=(300, 400), at=(40, 90), zoom=8, dark_on_light=True, uneven=True,
+           specks=True):
+    """MNIST test image ``index`` as a photo: enlarged, off-centre, on shaded paper, dusty."""
+    digit = Image.fromarray(TEST_IMAGES[index].numpy()).resize((28 * zoom, 28 * zoom),
+                                                               Image.BICUBIC)
+    width, height = size
+    ink = np.zeros((height, width), dtype=np.float32)
+    ink[at[1]:at[1] + 28 * zoom, at[0]:at[0] + 28 * zoom] = np.asarray(digit) / 255
+    if dark_on_light:
+        paper = (np.linspace(0.95, 0.5, width)[None, :].repeat(height, 0) if uneven
+                 else np.full((height, width), 0.9))
+        pixels = paper * (1 - 0.85 * ink)
+    else:
+        pixels = 0.05 + 0.9 * ink
+    picture = Image.fromarray((pixels * 255).astype(np.uint8))
+    if specks:
+        draw = ImageDraw.Draw(picture)
+        for x, y in [(8, 8), (width - 20, height - 24), (width - 14, 30)]:
+            draw.ellipse([x, y, x + 4, y + 4], fill=0 if dark_on_light else 255)
+    return picture
+
+
+def transparent(index):
+    """Black strokes on a fully transparent canvas whose hidden colour is black too."""
+    digit = Image.fromarray(TEST_IMAGES[index].numpy()).resize((200, 200), Image.BICUBIC)
+    rgba = Image.new("RGBA", (240, 260), (0, 0, 0, 0))
+    rgba.paste(Image.new("RGBA", (200, 200), (0, 0, 0, 255)), (30, 20), mask=digit)
+    return rgba
+
+
+def check_mnist_like(x):
+    assert x.shape == (28, 28) and x.min() >= 0 and x.max() <= 1
+    ring = torch.ones(28, 28, dtype=torch.bool)
+    ring[3:-3, 3:-3] = False
+    assert x[ring].mean() < 0.03 and x[~ring].max() > 0.9       # light digit, dark around it
+    rows, cols = (x > 0.05).nonzero().unbind(1)
+    extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    assert 18 <= extent <= 22, extent                           # longer side about 20 px
+    ys, xs = torch.arange(28.0), torch.arange(28.0)
+    com = ((x.sum(1) * ys).sum() / x.sum(), (x.sum(0) * xs).sum() / x.sum())
+    assert all(abs(c - 13.5) <= 1 for c in com), com          # centre of mass at the centre
+
+
+def save_and_open(picture, tmp_path, name):
+    path = tmp_path / name
+    picture.save(path)
+    return handwriting.open_image(path)
+
+
+@pytest.mark.parametrize("make, name", [
+    (lambda i: render(i), "photo.jpg"),
+    (lambda i: render(i, dark_on_light=False), "chalk.png"),
+    (lambda i: render(i, size=(60, 70), at=(20, 30), zoom=1, specks=False), "small.png"),
+    (lambda i: render(i, size=(1200, 900), at=(600, 100), zoom=20), "large.png"),
+    (lambda i: render(i).convert("RGB"), "colour.webp"),
+    (lambda i: render(i).convert("P"), "palette.gif"),
+    (transparent, "drawing.png"),
+])
+def test_each_kind_of_picture_comes_out_centred_and_light_on_dark(tmp_path, make, name):
+    check_mnist_like(handwriting.prepare(save_and_open(make(0), tmp_path, name)))
+
+
+def test_transparent_drawing_is_not_blank():
+    x = handwriting.prepare(transparent(3))
+    assert (x > 0.5).sum() > 30
+
+
+def test_specks_far_from_the_digit_are_ignored():
+    clean = handwriting.prepare(render(2, specks=False, uneven=False))
+    dusty = handwriting.prepare(render(2, specks=True, uneven=False))
+    assert (clean - dusty).abs().max() < 0.05
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    picture = render(0, uneven=False, specks=False).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6                # "rotate 90 degrees clockwise to display"
+    picture.save(tmp_path / "phone.jpg", exif=exif)
+    upright = handwriting.prepare(handwriting.open_image(tmp_path / "phone.jpg"))
+    straight = handwriting.prepare(render(0, uneven=False, specks=False))
+    assert torch.corrcoef(torch.stack([upright.flatten(), straight.flatten()]))[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("picture", [Image.new("L", (100, 100), 200),
+                                     Image.new("RGBA", (50, 50), (0, 0, 0, 0))])
+def test_blank_picture_is_a_clear_problem(picture):
+    with pytest.raises(handwriting.ImageProblem, match="blank|no digit"):
+        handwriting.prepare(picture)
+
+
+def test_file_that_is_not_an_image(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not a picture")
+    with pytest.raises(handwriting.ImageProblem, match="not an image"):
+        handwriting.open_image(path)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A LeNet-5 trained briefly on real MNIST (about 97 % test accuracy)."""
+    torch.manual_seed(0)
+    images, labels = mnist.load(ROOT / "data", "train")
+    net = LeNet5()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    batches = mnist.Batches(images[:20000], labels[:20000], 64, torch.device("cpu"),
+                            shuffle=True, generator=torch.Generator().manual_seed(0))
+    engine.train_one_epoch(net, batches, optimizer)
+    return net.eval()
+
+
+@pytest.mark.parametrize("style", [dict(), dict(dark_on_light=False)])
+def test_rendered_mnist_digits_are_recognized(model, style):
+    prepared = torch.stack([handwriting.prepare(render(i, **style)) for i in DIGITS])
+    normalized = ((prepared - mnist.MEAN) / mnist.STD).unsqueeze(1)
+    predicted = engine.predict(model, normalized).argmax(1)
+    original = engine.predict(model, ((TEST_IMAGES[list(DIGITS)].float() / 255 - mnist.MEAN)
+                                      / mnist.STD).unsqueeze(1)).argmax(1)
+    truth = TEST_LABELS[list(DIGITS)]
+    assert (predicted == truth).sum() >= (original == truth).sum() - 1, (predicted, truth)
