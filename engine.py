@@ -60,12 +60,13 @@ class Result:
 def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     on_step: Callable[[int, torch.Tensor, torch.Tensor, int], None] | None = None,
-                    ) -> Result:
+                    amp: bool = False) -> Result:
     """One pass over ``batches``; ``scheduler``, if given, is stepped after every batch.
 
     Loss and correct counts are summed on the device and read once at the end, so the loop
     never waits for the device. ``on_step(batch_size, loss_sum, correct, seen)`` is called after
     each step with those running device tensors (reading them is the caller's choice).
+    ``amp`` runs the forward pass in bfloat16 autocast (no loss scaling needed for bfloat16).
     """
     model.train()
     device = next(model.parameters()).device
@@ -73,8 +74,9 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for x, y in batches:
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -89,7 +91,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, batches, num_classes: int = 10) -> Result:
+def evaluate(model: nn.Module, batches, num_classes: int = 10, amp: bool = False) -> Result:
     """Loss, accuracy and confusion matrix over all of ``batches``, in eval mode without autograd."""
     was_training = model.training
     model.eval()
@@ -97,7 +99,8 @@ def evaluate(model: nn.Module, batches, num_classes: int = 10) -> Result:
     loss_sum = torch.zeros((), device=device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.long, device=device)
     for x, y in batches:
-        logits = model(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         confusion += torch.bincount(y * num_classes + logits.argmax(1),
                                     minlength=num_classes * num_classes)

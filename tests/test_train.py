@@ -143,3 +143,15 @@ def test_damaged_data_is_reported_before_training(tmp_path, data_copy):
                  "--save-dir", tmp_path / "out")
     assert_one_line_error(result, "t10k-labels-idx1-ubyte.gz is damaged", "git checkout")
     assert not (tmp_path / "out" / "last.pth").exists() and "epoch" not in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["--amp", "--compile"])
+def test_speed_options_train_a_real_model_on_cpu(tmp_path, flag):
+    result = run("train.py", *SMOKE, flag, "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    accuracy = float(re.search(r"test accuracy (\d+\.\d\d)%", result.stdout)[1])
+    assert accuracy > 80, result.stdout
+    checkpoint = torch.load(tmp_path / "best_model.pth", weights_only=True)
+    assert set(checkpoint["model"]) == {k for k in weights(tmp_path / "last.pth")}
+    assert checkpoint["hparams"][flag[2:]] is True
+    assert not any(k.startswith("_orig_mod") for k in checkpoint["model"])

@@ -1,0 +1,30 @@
+import json
+
+import pytest
+
+from conftest import run
+
+
+def test_quick_bench_runs_every_part_and_reports_consistent_figures():
+    result = run("bench.py", "--quick", "--json")
+    assert result.returncode == 0, result.stderr
+    r = json.loads(result.stdout)
+    speed = r["article_settings"]
+    assert speed["article_images_per_s"] > 0 and speed["ours_images_per_s"] > 0
+    assert speed["speedup"] == pytest.approx(speed["ours_images_per_s"]
+                                             / speed["article_images_per_s"])
+    for side in ("ours", "article"):
+        race = r["to_99"][side]
+        assert race["seconds"] > 0 and 0 <= race["accuracy"] <= 1
+        assert race["reached"] == (race["accuracy"] >= 0.99)
+    assert r["to_99"]["ours"]["accuracy"] > 0.5           # one short epoch learns something
+    assert r["default_throughput"]["train_images_per_s"] > 0
+    assert r["machine"]["quick"] is True
+
+
+def test_quick_bench_table():
+    result = run("bench.py", "--quick")
+    assert result.returncode == 0, result.stderr
+    for heading in ("1. article's settings", "2. training time until test accuracy >= 99%",
+                    "3. train.py defaults", "speed-up"):
+        assert heading in result.stdout
