@@ -20,7 +20,8 @@ MEAN, STD = 0.1307, 0.3081           # of the 60,000 training images, pixels sca
 CLASSES = [str(digit) for digit in range(10)]
 TRAIN_SIZE = 60_000
 
-# Random affine augmentation: each training image gets its own draw from these ranges.
+# Random affine augmentation: each training image gets its own draw from these ranges
+# (times the strength passed to ``random_affine``).
 MAX_ROTATION_DEG = 15.0
 MAX_SCALE = 0.15                      # zoom by a factor in [0.85, 1.15]
 MAX_SHEAR_DEG = 10.0
@@ -152,14 +153,16 @@ def scaled_val_size(val_size: int, subset: int) -> int:
     return round(val_size * subset / TRAIN_SIZE)
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def random_affine(x: torch.Tensor, generator: torch.Generator,
+                  strength: float = 1.0) -> torch.Tensor:
     """Rotate, scale, shear and shift each image of a batch by its own random amount.
 
     One ``affine_grid`` + ``grid_sample`` for the whole batch, on whatever device ``x`` is.
     ``x`` holds raw pixels in [0, 1], so the zeros ``grid_sample`` pads with are background.
+    ``strength`` scales every range (0.5: half the rotation, zoom, shear and shift).
     """
     n = x.shape[0]
-    u = torch.rand(n, 5, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1
+    u = (torch.rand(n, 5, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * strength
     angle = u[:, 0] * math.radians(MAX_ROTATION_DEG)
     scale = 1 + u[:, 1] * MAX_SCALE
     shear = u[:, 2] * math.radians(MAX_SHEAR_DEG)
@@ -184,8 +187,9 @@ class Batches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  device: torch.device, mean: float = MEAN, std: float = STD,
-                 shuffle: bool = False, augment: bool = False,
+                 shuffle: bool = False, augment: float = 0.0,
                  generator: torch.Generator | None = None):
+        """``augment`` is the strength of the random affine augmentation; 0 turns it off."""
         if (shuffle or augment) and generator is None:
             raise ValueError("shuffling or augmenting needs a generator")
         self.images = images.to(device).unsqueeze(1).float().div_(255)
@@ -209,5 +213,5 @@ class Batches:
                 index = order[start:start + self.batch_size]
                 x, y = self.images[index], self.labels[index]
             if self.augment:
-                x = random_affine(x, self.generator)
+                x = random_affine(x, self.generator, self.augment)
             yield (x - self.mean) / self.std, y

@@ -95,7 +95,7 @@ def test_short_training_on_real_mnist_reaches_real_accuracy():
 
 def test_checkpoint_round_trip_continues_identically(tmp_path):
     torch.manual_seed(0)
-    model = LeNet5()
+    model = LeNet5().to(memory_format=torch.channels_last)     # the layout the scripts use
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
 

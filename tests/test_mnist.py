@@ -170,3 +170,15 @@ def test_augmentation_moves_each_image_differently_and_keeps_the_digit():
     assert ((ink_ratio > 0.6) & (ink_ratio < 1.5)).all()  # the digit stays in the picture
     again = mnist.random_affine(x, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
+
+
+def test_augmentation_strength_scales_the_ranges():
+    images, _ = mnist.load(ROOT / "data", "test")
+    x = images[:256].unsqueeze(1).float() / 255
+
+    def change(strength):
+        out = mnist.random_affine(x, torch.Generator().manual_seed(0), strength)
+        return (out - x).abs().mean().item()
+
+    assert change(0.0) < 1e-5                     # no movement at all: the image itself
+    assert 0 < change(0.25) < change(0.5) < change(1.0)

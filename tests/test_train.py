@@ -92,7 +92,8 @@ def test_help_shows_the_defaults_from_the_block_at_the_top():
                         ("--scheduler", train.SCHEDULER), ("--augment", train.AUGMENT)]:
         assert flag in text and f"(default: {value})" in text, flag
     for flag in ["--momentum", "--step-size", "--gamma", "--seed", "--device", "--data-dir",
-                 "--save-dir", "--subset", "--resume", "--no-augment"]:
+                 "--save-dir", "--subset", "--resume", "--no-augment", "--augment-strength",
+                 "--amp", "--compile"]:
         assert flag in text
 
 
@@ -105,6 +106,7 @@ def test_help_shows_the_defaults_from_the_block_at_the_top():
     (["--val-size", "60000"], "argument --val-size: must be >= 0 and <= 59999"),
     (["--subset", "100", "--val-size", "59999"], "leaves no images to train on"),
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--augment-strength", "0"], "argument --augment-strength: must be > 0 and <= 2, got 0"),
 ])
 def test_impossible_values_are_refused(tmp_path, args, message):
     result = run("train.py", *args, "--save-dir", tmp_path)
