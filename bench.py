@@ -151,7 +151,8 @@ def race_article(args, device, test_batches) -> dict:
     loader = article_loader(args.data_dir)
     # The article's test loop saw raw [0, 1] pixels: evaluate on those too.
     raw_test = mnist.Batches(test_batches.images.squeeze(1).mul(255).round().byte().cpu(),
-                             test_batches.labels.cpu(), 2000, device, mean=0.0, std=1.0)
+                             test_batches.labels.cpu(), engine.EVAL_BATCH_SIZE, device,
+                             mean=0.0, std=1.0)
     seconds, accuracy = 0.0, 0.0
     for epoch in range(1, budget + 1):
         seconds += sgd_steps(model, optimizer, loader, steps_per_epoch or len(loader), device)
@@ -194,7 +195,7 @@ def main() -> None:
     if args.quick:
         images, labels, test_images, test_labels = (
             images[:3000], labels[:3000], test_images[:1000], test_labels[:1000])
-    test_batches = mnist.Batches(test_images, test_labels, 2000, device)
+    test_batches = mnist.Batches(test_images, test_labels, engine.EVAL_BATCH_SIZE, device)
     results = {
         "machine": {"device": torch.cuda.get_device_name() if device.type == "cuda"
                     else cpu_name(),
@@ -245,4 +246,4 @@ if __name__ == "__main__":
     try:
         main()
     except (mnist.DataError, engine.DeviceError) as e:
-        raise SystemExit(f"error: {e}")
+        raise SystemExit(f"error: {e}") from None

@@ -15,6 +15,7 @@ from atomic import write_atomic
 from net import LeNet5
 
 CHECKPOINT_FORMAT = "lenet5-mnist"
+EVAL_BATCH_SIZE = 2000   # evaluation keeps no activations, so big batches are cheap
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -92,7 +93,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches, num_classes: int = 10, amp: bool = False) -> Result:
-    """Loss, accuracy and confusion matrix over all of ``batches``, in eval mode without autograd."""
+    """Loss, accuracy and confusion matrix over all of ``batches``; eval mode, no autograd."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

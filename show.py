@@ -120,7 +120,7 @@ def save_picture(image: Image.Image, path: str) -> None:
 def open_in_viewer(path: str) -> None:
     """Hand the picture to the desktop's viewer; say where it is when there is none."""
     if sys.platform == "win32":
-        os.startfile(path)  # noqa: the Windows-only way to open a file with its program
+        os.startfile(path)  # the Windows way to open a file with its program
         return
     opener = "open" if sys.platform == "darwin" else "xdg-open"
     try:
@@ -131,8 +131,8 @@ def open_in_viewer(path: str) -> None:
 
 def show_test_images(args, model, checkpoint, device, font) -> list[Image.Image]:
     images, labels = mnist.load(args.data_dir, "test")
-    batches = mnist.Batches(images, labels, 2000, device, mean=checkpoint["mean"],
-                            std=checkpoint["std"])
+    batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
+                            mean=checkpoint["mean"], std=checkpoint["std"])
     probabilities = torch.cat([engine.predict(model, x) for x, _ in batches]).cpu()
     indices = pick_indices(args, probabilities, labels)
     classes = checkpoint["classes"]
@@ -203,7 +203,7 @@ def main(argv=None) -> None:
         save_picture(grid(tiles, columns=5 if args.image else COLUMNS), args.out)
     except OSError as e:
         raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}): "
-                         f"pass another --out PATH")
+                         f"pass another --out PATH") from None
     print(f"picture written to {args.out}")
     if args.show:
         open_in_viewer(args.out)

@@ -12,8 +12,6 @@ import engine
 import mnist
 import plots
 
-EVAL_BATCH_SIZE = 2000
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a LeNet-5 checkpoint on MNIST's "
@@ -36,8 +34,9 @@ def report(args: argparse.Namespace) -> dict:
     model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
     images, labels = mnist.load(args.data_dir, "test")
     # Evaluate with the normalization the checkpoint was trained with (none for the tutorial's).
-    result = engine.evaluate(model, mnist.Batches(images, labels, EVAL_BATCH_SIZE, device,
-                                                  mean=checkpoint["mean"], std=checkpoint["std"]))
+    batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
+                            mean=checkpoint["mean"], std=checkpoint["std"])
+    result = engine.evaluate(model, batches)
     confusion = result.confusion.tolist()
     per_class = [row[i] / max(sum(row), 1) for i, row in enumerate(confusion)]
     return {
@@ -83,7 +82,7 @@ def main(argv=None) -> None:
                                f"({r['errors']} errors / {r['total']})", args.confusion)
     except OSError as e:
         raise SystemExit(f"error: cannot write {args.confusion} ({e.strerror or e}): "
-                         f"pass another --confusion PATH")
+                         f"pass another --confusion PATH") from None
     if args.json:
         print(json.dumps(r, indent=2))
     else:

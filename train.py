@@ -47,14 +47,13 @@ AUGMENT = True           # random rotation, scale, shear and shift of each train
 AUGMENT_STRENGTH = 1.0   # 1: up to 15 deg, 15 %, 10 deg shear, 3 px; 0.5 halves every range
 VAL_SIZE = 5000          # images held out of the 60,000 to pick the best epoch (0: keep the last)
 SEED = 0                 # fixes initialization, split, order and augmentation
-AMP = False              # bfloat16 autocast: faster on recent GPUs, slower on most CPUs
-COMPILE = False          # torch.compile the model: pays on a GPU; costs ~30 s to compile here
+AMP = False              # bfloat16 autocast, meant for GPUs (several times slower on our CPU)
+COMPILE = False          # torch.compile: ~30 s to compile on 2 CPU cores, no clear gain there
 DEVICE = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda" or "mps"
 DATA_DIR = "data"        # holds MNIST/raw/
 SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 # ---------------------------------------------------------------------------------------------
 
-EVAL_BATCH_SIZE = 2000   # evaluation keeps no activations for backward, so big batches are cheap
 OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
@@ -251,8 +250,8 @@ def train(args: argparse.Namespace) -> None:
     train_batches = mnist.Batches(images[train_idx], labels[train_idx], args.batch_size, device,
                                   shuffle=True, generator=generator,
                                   augment=args.augment_strength if args.augment else 0.0)
-    val_batches = (mnist.Batches(images[val_idx], labels[val_idx], EVAL_BATCH_SIZE, device)
-                   if val_size else None)
+    val_batches = (mnist.Batches(images[val_idx], labels[val_idx], engine.EVAL_BATCH_SIZE,
+                                 device) if val_size else None)
 
     torch.manual_seed(args.seed)
     # channels_last: the CPU convolutions (oneDNN) run about 1.4x faster in this layout
@@ -349,7 +348,8 @@ def train(args: argparse.Namespace) -> None:
 
     best = engine.load_checkpoint(save_dir / "best_model.pth", device)
     test = engine.evaluate(engine.model_from_checkpoint(best, device, save_dir / "best_model.pth"),
-                           mnist.Batches(test_images, test_labels, EVAL_BATCH_SIZE, device))
+                           mnist.Batches(test_images, test_labels, engine.EVAL_BATCH_SIZE,
+                                         device))
     print(f"best epoch {best['epoch']} saved to {save_dir}/best_model.pth")
     print(f"test accuracy {test.accuracy:.2%} ({test.errors} errors / {test.total})")
 
