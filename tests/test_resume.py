@@ -94,7 +94,7 @@ def test_stop_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, delay
     assert not (tmp_path / "last.pth").exists()
 
 
-@pytest.mark.parametrize("delay", [0.3, 1.1, 1.9])
+@pytest.mark.parametrize("delay", [0.2, 1.0])
 def test_kill_9_leaves_whole_checkpoints_that_resume(tmp_path, delay):
     process = start(tmp_path)
     wait_for(tmp_path / "last.pth", process)
