@@ -45,11 +45,9 @@ def grayscale(image: Image.Image) -> torch.Tensor:
         rgba = image.convert("RGBA")
         alpha = _tensor(rgba.getchannel("A"))
         gray = _tensor(rgba.convert("L"))
-        if alpha.min() < 0.99:
-            ink = gray[alpha > 0.5]
-            canvas = 1.0 if ink.numel() == 0 or ink.mean() < 0.5 else 0.0
-            return alpha * gray + (1 - alpha) * canvas
-        return gray
+        ink = gray[alpha > 0.5]
+        canvas = 1.0 if ink.numel() == 0 or ink.mean() < 0.5 else 0.0
+        return alpha * gray + (1 - alpha) * canvas
     return _tensor(image.convert("L"))
 
 
