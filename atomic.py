@@ -13,11 +13,13 @@ _MODE = 0o666 & ~_UMASK
 def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Call ``write`` on a temporary file beside ``path``, then rename it over ``path``.
 
+    The folder is created if it does not exist yet.
     The temporary file lives in the same directory so that ``os.replace`` is a rename on one
     file system, which POSIX and Windows both make atomic. On any failure (a full disk, a
     signal turned into an exception) the temporary file is removed and ``path`` is untouched.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, _MODE)

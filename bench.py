@@ -91,7 +91,7 @@ def speed_at_article_settings(args, device, images, labels) -> dict:
     rounds = args.rounds or (2 if args.quick else 5)
     torch.manual_seed(0)
     article_model = LeNet5().to(device)
-    ours_model = LeNet5().to(device, memory_format=torch.channels_last)
+    ours_model = engine.new_model(device)
     article_opt = torch.optim.SGD(article_model.parameters(), lr=1e-3, momentum=0.9)
     ours_opt = torch.optim.SGD(ours_model.parameters(), lr=1e-3, momentum=0.9)
     loader = article_loader(args.data_dir)
@@ -118,7 +118,7 @@ def race_ours(args, device, images, labels, test_batches) -> dict:
     """This project's fastest recipe, epoch by epoch, until test accuracy reaches the target."""
     recipe = dict(FAST_RECIPE, epochs=1 if args.quick else FAST_RECIPE["epochs"])
     torch.manual_seed(0)
-    model = LeNet5().to(device, memory_format=torch.channels_last)
+    model = engine.new_model(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"],
                                   weight_decay=recipe["weight_decay"])
     batches = mnist.Batches(images, labels, recipe["batch_size"], device, shuffle=True,
@@ -165,7 +165,7 @@ def race_article(args, device, test_batches) -> dict:
 
 def default_throughput(args, device, images, labels, test_batches) -> dict:
     torch.manual_seed(0)
-    model = LeNet5().to(device, memory_format=torch.channels_last)
+    model = engine.new_model(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.LR,
                                   weight_decay=train.WEIGHT_DECAY)
     count = min(len(labels), 25_600)

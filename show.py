@@ -63,10 +63,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def pick_indices(args, probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def pick_indices(args, confidence: torch.Tensor, predicted: torch.Tensor,
+                 labels: torch.Tensor) -> torch.Tensor:
     total = len(labels)
     if args.errors:
-        confidence, predicted = probabilities.max(1)
         wrong = (predicted != labels).nonzero().flatten()
         return wrong[confidence[wrong].argsort(descending=True)][:args.count]
     if args.random:
@@ -112,7 +112,6 @@ def enlarged(pixels: torch.Tensor) -> Image.Image:
 
 def save_picture(image: Image.Image, path: str) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     file_type = Image.registered_extensions()[path.suffix.lower()]
     write_atomic(path, lambda f: image.save(f, format=file_type))
 
@@ -134,20 +133,20 @@ def show_test_images(args, model, checkpoint, device, font) -> list[Image.Image]
     batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
                             mean=checkpoint["mean"], std=checkpoint["std"])
     probabilities = torch.cat([engine.predict(model, x) for x, _ in batches]).cpu()
-    indices = pick_indices(args, probabilities, labels)
+    confidence, predicted = probabilities.max(1)
+    indices = pick_indices(args, confidence, predicted, labels)
     classes = checkpoint["classes"]
     if args.errors:
-        print(f"{int((probabilities.argmax(1) != labels).sum())} of {len(labels)} test images "
+        print(f"{int((predicted != labels).sum())} of {len(labels)} test images "
               f"are misclassified; the {len(indices)} most confident mistakes:")
     print(f"{'index':>5} {'predicted':>9} {'actual':>6} {'confidence':>10}  result")
     tiles, right = [], 0
     for index in indices.tolist():
-        p, guess = probabilities[index].max(0)
-        guess, truth = int(guess), int(labels[index])
+        p, guess, truth = float(confidence[index]), int(predicted[index]), int(labels[index])
         right += guess == truth
-        print(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {float(p):>10.2%}  "
+        print(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {p:>10.2%}  "
               f"{'right' if guess == truth else 'WRONG'}")
-        tiles.append(tile(enlarged(images[index]), [f"pred {classes[guess]} ({float(p):.0%})",
+        tiles.append(tile(enlarged(images[index]), [f"pred {classes[guess]} ({p:.0%})",
                                                     f"true {classes[truth]}  #{index}"],
                           guess != truth, font))
     if not args.errors:

@@ -6,7 +6,6 @@
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import engine
 import mnist
@@ -76,7 +75,6 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     r = report(args)
     try:
-        Path(args.confusion).parent.mkdir(parents=True, exist_ok=True)
         plots.confusion_matrix(r["confusion"], list(r["per_class_accuracy"]),
                                f"{r['checkpoint']}: test accuracy {r['accuracy']:.2%} "
                                f"({r['errors']} errors / {r['total']})", args.confusion)

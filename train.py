@@ -31,7 +31,6 @@ from tqdm import tqdm  # noqa: E402
 import engine  # noqa: E402
 import mnist  # noqa: E402
 import plots  # noqa: E402
-from net import LeNet5  # noqa: E402
 
 # ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
 EPOCHS = 30              # passes over the training images
@@ -138,7 +137,7 @@ class Interrupted(Exception):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-        self.saved = "no epoch had finished, so nothing was saved"
+        self.saved = "no epoch of this run had finished, so nothing was saved"
 
 
 def _raise_interrupted(signum, frame):
@@ -254,8 +253,7 @@ def train(args: argparse.Namespace) -> None:
                                  device) if val_size else None)
 
     torch.manual_seed(args.seed)
-    # channels_last: the CPU convolutions (oneDNN) run about 1.4x faster in this layout
-    model = LeNet5().to(device, memory_format=torch.channels_last)
+    model = engine.new_model(device)
     optimizer = make_optimizer(model, args)
     step_model = torch.compile(model) if args.compile else model    # shares model's weights
     first_epoch, best_val, history = 1, -1.0, []
@@ -346,10 +344,15 @@ def train(args: argparse.Namespace) -> None:
                           + (f" --save-dir {save_dir}" if args.save_dir != SAVE_DIR else ""))
         raise
 
-    best = engine.load_checkpoint(save_dir / "best_model.pth", device)
-    test = engine.evaluate(engine.model_from_checkpoint(best, device, save_dir / "best_model.pth"),
-                           mnist.Batches(test_images, test_labels, engine.EVAL_BATCH_SIZE,
-                                         device))
+    try:
+        best = engine.load_checkpoint(save_dir / "best_model.pth", device)
+        model = engine.model_from_checkpoint(best, device, save_dir / "best_model.pth")
+        test = engine.evaluate(model, mnist.Batches(test_images, test_labels,
+                                                    engine.EVAL_BATCH_SIZE, device))
+    except Interrupted as stop:
+        stop.saved = (f"training had finished; {save_dir}/best_model.pth is complete "
+                      f"(python test.py evaluates it)")
+        raise
     print(f"best epoch {best['epoch']} saved to {save_dir}/best_model.pth")
     print(f"test accuracy {test.accuracy:.2%} ({test.errors} errors / {test.total})")
 
