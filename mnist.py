@@ -19,9 +19,10 @@ from atomic import write_atomic
 MEAN, STD = 0.1307, 0.3081           # of the 60,000 training images, pixels scaled to [0, 1]
 CLASSES = [str(digit) for digit in range(10)]
 TRAIN_SIZE = 60_000
+SIDE = 28                             # pixels per image side
 
 # Random affine augmentation: each training image gets its own draw from these ranges
-# (times the strength passed to ``random_affine``).
+# (times the strength passed to ``random_affine_matrices``).
 MAX_ROTATION_DEG = 15.0
 MAX_SCALE = 0.15                      # zoom by a factor in [0.85, 1.15]
 MAX_SHEAR_DEG = 10.0
@@ -129,7 +130,7 @@ def load(root: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     labels = _verified_bytes(root, FILES[(split, "labels")])
     count = FILES[(split, "images")].count
     # bytearray: torch.frombuffer wants a writable buffer
-    x = torch.frombuffer(bytearray(images), dtype=torch.uint8, offset=16).view(count, 28, 28)
+    x = torch.frombuffer(bytearray(images), dtype=torch.uint8, offset=16).view(count, SIDE, SIDE)
     y = torch.frombuffer(bytearray(labels), dtype=torch.uint8, offset=8).long()
     return x, y
 
@@ -153,27 +154,34 @@ def scaled_val_size(val_size: int, subset: int) -> int:
     return round(val_size * subset / TRAIN_SIZE)
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator,
-                  strength: float = 1.0) -> torch.Tensor:
-    """Rotate, scale, shear and shift each image of a batch by its own random amount.
-
-    One ``affine_grid`` + ``grid_sample`` for the whole batch, on whatever device ``x`` is.
-    ``x`` holds raw pixels in [0, 1], so the zeros ``grid_sample`` pads with are background.
-    ``strength`` scales every range (0.5: half the rotation, zoom, shear and shift).
-    """
-    n = x.shape[0]
-    u = (torch.rand(n, 5, generator=generator, device=x.device, dtype=x.dtype) * 2 - 1) * strength
+def random_affine_matrices(n: int, generator: torch.Generator, strength: float = 1.0,
+                           device: torch.device | None = None) -> torch.Tensor:
+    """``n`` random affine matrices (n x 2 x 3, ``affine_grid``'s form): each one rotates,
+    scales, shears and shifts by its own amount; ``strength`` scales every range (0.5: half
+    the rotation, zoom, shear and shift)."""
+    u = (torch.rand(n, 5, generator=generator, device=device) * 2 - 1) * strength
     angle = u[:, 0] * math.radians(MAX_ROTATION_DEG)
     scale = 1 + u[:, 1] * MAX_SCALE
     shear = u[:, 2] * math.radians(MAX_SHEAR_DEG)
-    shift = u[:, 3:] * (2 * MAX_SHIFT_PX / x.shape[-1])    # grid coordinates span 2 per side
+    shift = u[:, 3:] * (2 * MAX_SHIFT_PX / SIDE)    # grid coordinates span 2 per side
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack([
+    return torch.stack([
         torch.stack([cos, -sin + torch.tan(shear) * cos, shift[:, 0]], dim=1),
         torch.stack([sin, cos + torch.tan(shear) * sin, shift[:, 1]], dim=1),
     ], dim=1)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Apply one affine matrix per image; ``x`` holds raw pixels in [0, 1], so the zeros that
+    ``grid_sample`` pads with are background."""
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_affine(x: torch.Tensor, generator: torch.Generator,
+                  strength: float = 1.0) -> torch.Tensor:
+    """Rotate, scale, shear and shift each image of a batch by its own random amount."""
+    return warp(x, random_affine_matrices(len(x), generator, strength, x.device))
 
 
 class Batches:
@@ -203,8 +211,11 @@ class Batches:
 
     def __iter__(self):
         n = len(self.labels)
-        order = (torch.randperm(n, generator=self.generator, device=self.labels.device)
-                 if self.shuffle else None)
+        device = self.labels.device
+        order = torch.randperm(n, generator=self.generator, device=device) if self.shuffle else None
+        # The whole pass's matrices at once: a handful of operations per pass instead of per batch
+        theta = (random_affine_matrices(n, self.generator, self.augment, device)
+                 if self.augment else None)
         for start in range(0, n, self.batch_size):
             if order is None:
                 x = self.images[start:start + self.batch_size]
@@ -212,6 +223,6 @@ class Batches:
             else:
                 index = order[start:start + self.batch_size]
                 x, y = self.images[index], self.labels[index]
-            if self.augment:
-                x = random_affine(x, self.generator, self.augment)
+            if theta is not None:
+                x = warp(x, theta[start:start + self.batch_size])
             yield (x - self.mean) / self.std, y
