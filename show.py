@@ -188,7 +188,7 @@ def show_own_images(args, model, checkpoint, device, font) -> list[Image.Image]:
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = engine.pick_device(args.device)
-    checkpoint = engine.load_checkpoint(args.checkpoint, device)
+    checkpoint = engine.load_checkpoint(args.checkpoint)
     model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
     font = ImageFont.load_default(size=CAPTION_SIZE)
     if args.image:

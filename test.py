@@ -29,7 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def report(args: argparse.Namespace) -> dict:
     device = engine.pick_device(args.device)
-    checkpoint = engine.load_checkpoint(args.checkpoint, device)
+    checkpoint = engine.load_checkpoint(args.checkpoint)
     model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
     images, labels = mnist.load(args.data_dir, "test")
     # Evaluate with the normalization the checkpoint was trained with (none for the tutorial's).

@@ -33,7 +33,7 @@ import mnist  # noqa: E402
 import plots  # noqa: E402
 
 # ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
-EPOCHS = 30              # passes over the training images
+EPOCHS = 50              # passes over the training images
 BATCH_SIZE = 128         # images per optimizer step
 OPTIMIZER = "adamw"      # "adamw" or "sgd"
 LR = 3e-3                # learning rate; the peak rate when SCHEDULER is "onecycle"
@@ -44,6 +44,8 @@ STEP_SIZE = 10           # "step": epochs between learning-rate drops
 GAMMA = 0.1              # "step": factor of each drop
 AUGMENT = True           # random rotation, scale, shear and shift of each training image
 AUGMENT_STRENGTH = 1.0   # 1: up to 15 deg, 15 %, 10 deg shear, 3 px; 0.5 halves every range
+LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
+EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
 VAL_SIZE = 5000          # images held out of the 60,000 to pick the best epoch (0: keep the last)
 SEED = 0                 # fixes initialization, split, order and augmentation
 AMP = False              # bfloat16 autocast, meant for GPUs (several times slower on our CPU)
@@ -90,6 +92,11 @@ HYPERPARAMETERS = {
                               help="random affine augmentation of training images")),
     "augment_strength": (AUGMENT_STRENGTH, dict(type=_number(float, 0, 2, low_open=True),
                                                 help="scale of the augmentation's ranges")),
+    "label_smoothing": (LABEL_SMOOTHING, dict(type=_number(float, 0, 1, high_open=True),
+                                              help="label smoothing of the training loss")),
+    "ema_decay": (EMA_DECAY, dict(type=_number(float, 0, 1, high_open=True),
+                                  help="decay of the weight average that is validated and saved "
+                                       "(0: the trained weights themselves)")),
     "val_size": (VAL_SIZE, dict(type=_number(int, 0, mnist.TRAIN_SIZE - 1),
                                 help="training images held out for validation")),
     "seed": (SEED, dict(type=_number(int, 0), help="random seed")),
@@ -162,14 +169,15 @@ def prepare_save_dir(path: str) -> Path:
 
 def resume_state(args: argparse.Namespace, device: torch.device) -> dict:
     """Read last.pth and make ``args`` the saved run's hyperparameters (checking conflicts)."""
-    state = engine.load_checkpoint(Path(args.save_dir) / "last.pth", device)
+    state = engine.load_checkpoint(Path(args.save_dir) / "last.pth")
     if "optimizer" not in state:
         raise engine.CheckpointError(f"{args.save_dir}/last.pth holds no training state to "
                                      f"resume (only weights)")
     if state["device"] != device.type:
         args.parser.error(f"the run was trained on {state['device']}; resume it there "
                           f"with --device {state['device']}")
-    saved = state["hparams"]
+    # Runs saved before these settings existed trained without them.
+    saved = {"label_smoothing": 0.0, "ema_decay": 0.0} | state["hparams"]
     for name in sorted(args.given - {"epochs"}):
         if getattr(args, name) != saved[name]:
             args.parser.error(f"--{name.replace('_', '-')} {getattr(args, name)} conflicts with "
@@ -187,13 +195,6 @@ def resume_state(args: argparse.Namespace, device: torch.device) -> dict:
         setattr(args, name, saved[name])
     args.epochs = epochs
     return state
-
-
-def make_optimizer(model: torch.nn.Module, args) -> torch.optim.Optimizer:
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
-                               weight_decay=args.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
 
 
 def make_scheduler(optimizer, args, epochs: int, steps_per_epoch: int):
@@ -254,14 +255,20 @@ def train(args: argparse.Namespace) -> None:
 
     torch.manual_seed(args.seed)
     model = engine.new_model(device)
-    optimizer = make_optimizer(model, args)
+    ema = engine.EMA(model, args.ema_decay) if args.ema_decay else None
+    judged = ema.model if ema else model    # the weights validated, saved and tested
+    optimizer = engine.new_optimizer(model, args.optimizer, args.lr, args.momentum,
+                                     args.weight_decay)
     step_model = torch.compile(model) if args.compile else model    # shares model's weights
     first_epoch, best_val, history = 1, -1.0, []
     hparams = {name: getattr(args, name) for name in HYPERPARAMETERS}
     if state is None:
         scheduler, per_batch = make_scheduler(optimizer, args, args.epochs, len(train_batches))
     else:
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"] if ema is None else state["train_weights"])
+        if ema is not None:
+            ema.model.load_state_dict(state["model"])
+            ema.updates = state["ema_updates"]
         done = state["epoch"]
         if done == state["hparams"]["epochs"] and args.scheduler == "onecycle":
             # A finished OneCycle run gets a new cycle of its own over the added epochs.
@@ -299,17 +306,17 @@ def train(args: argparse.Namespace) -> None:
                                         acc=f"{correct.item() / seen:.2%}")
                 train = engine.train_one_epoch(step_model, train_batches, optimizer,
                                                scheduler if per_batch else None, on_step,
-                                               amp=args.amp)
+                                               amp=args.amp, cuda_graph=not args.compile,
+                                               label_smoothing=args.label_smoothing, ema=ema)
             train_seconds = time.perf_counter() - start
             if scheduler is not None and not per_batch:
                 scheduler.step()
-            val = (engine.evaluate(step_model, val_batches, amp=args.amp)
-                   if val_batches else None)
+            val = engine.evaluate(judged, val_batches, amp=args.amp) if val_batches else None
             seconds = time.perf_counter() - start
 
             improved = (val.accuracy > best_val) if val else epoch == args.epochs
             checkpoint = {
-                "format": engine.CHECKPOINT_FORMAT, "model": model.state_dict(),
+                "format": engine.CHECKPOINT_FORMAT, "model": judged.state_dict(),
                 "hparams": hparams | {"epochs": args.epochs}, "epoch": epoch,
                 "val_accuracy": val.accuracy if val else None,
                 "mean": mnist.MEAN, "std": mnist.STD, "classes": mnist.CLASSES,
@@ -327,6 +334,8 @@ def train(args: argparse.Namespace) -> None:
             write_history(save_dir / "history.csv", history)
             plots.training_curves(history, save_dir / "curves.png")
             engine.save_checkpoint(save_dir / "last.pth", checkpoint | {
+                "train_weights": model.state_dict() if ema else None,
+                "ema_updates": ema.updates if ema else None,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None,
                 "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
@@ -345,7 +354,7 @@ def train(args: argparse.Namespace) -> None:
         raise
 
     try:
-        best = engine.load_checkpoint(save_dir / "best_model.pth", device)
+        best = engine.load_checkpoint(save_dir / "best_model.pth")
         model = engine.model_from_checkpoint(best, device, save_dir / "best_model.pth")
         test = engine.evaluate(model, mnist.Batches(test_images, test_labels,
                                                     engine.EVAL_BATCH_SIZE, device))

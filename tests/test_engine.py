@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import engine
@@ -75,6 +76,39 @@ def test_training_puts_the_model_back_in_train_mode_and_lowers_the_loss():
     losses = [engine.train_one_epoch(model, batches, optimizer).loss for _ in range(5)]
     assert model.training
     assert losses[-1] < losses[0] * 0.5, losses
+
+
+@pytest.mark.parametrize("updates, weight", [(0, 1 - 2 / 11), (100, 0.1)])
+def test_ema_follows_the_trained_weights_by_its_decay(updates, weight):
+    """A fresh average mostly copies the weights (warm-up); later it moves by 1 - decay."""
+    torch.manual_seed(0)
+    model = LeNet5()
+    ema = engine.EMA(model, decay=0.9, updates=updates)
+    before = [p.detach().clone() for p in model.parameters()]
+    one_batch = mnist.Batches(torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8),
+                              torch.arange(8), 8, CPU)
+    engine.train_one_epoch(model, one_batch, torch.optim.SGD(model.parameters(), lr=0.1),
+                           ema=ema)
+    assert ema.updates == updates + 1
+    for old, new, averaged in zip(before, model.parameters(), ema.model.parameters()):
+        assert not torch.equal(old, new)                     # the step moved the weights
+        assert torch.allclose(averaged, (1 - weight) * old + weight * new.detach(), atol=1e-7)
+        assert not averaged.requires_grad
+
+
+def test_label_smoothing_is_the_training_loss():
+    torch.manual_seed(0)
+    model = LeNet5()
+    x = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8)
+    y = torch.randint(0, 10, (16,))
+    batches = mnist.Batches(x, y, 16, CPU)
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)     # the loss of unchanged weights
+    with torch.no_grad():
+        logits = model(next(iter(batches))[0])
+    for smoothing in (0.0, 0.2):
+        loss = engine.train_one_epoch(model, batches, frozen, label_smoothing=smoothing).loss
+        expected = F.cross_entropy(logits, y, label_smoothing=smoothing).item()
+        assert loss == pytest.approx(expected, rel=1e-6), smoothing
 
 
 def test_short_training_on_real_mnist_reaches_real_accuracy():

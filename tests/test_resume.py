@@ -35,10 +35,14 @@ def saved_epoch(path):
 
 
 def assert_same_weights(a, b):
-    wa, wb = (torch.load(p, weights_only=True)["model"] for p in (a, b))
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
+    """The same saved weights: the averaged ones, and the trained ones where last.pth has them."""
+    ca, cb = (torch.load(p, weights_only=True) for p in (a, b))
+    for name in ("model", "train_weights"):
+        wa, wb = ca.get(name), cb.get(name)
+        assert (wa is None) == (wb is None), name
+        assert wa is None or wa.keys() == wb.keys()
+        for key in wa or {}:
+            assert torch.equal(wa[key], wb[key]), (name, key)
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
+import engine
+import mnist
 import train
 from conftest import ROOT, SMOKE, assert_one_line_error, run
 
@@ -58,6 +60,25 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(trained, tm
     other = tmp_path / "other"
     assert run("train.py", *SMOKE, "--seed", "1", "--save-dir", other).returncode == 0
     assert not torch.equal(first["net.0.weight"], weights(other / "last.pth")["net.0.weight"])
+
+
+def test_the_weight_average_is_what_is_validated_and_saved(trained, tmp_path):
+    last = torch.load(trained / "last.pth", weights_only=True)
+    assert last["hparams"]["ema_decay"] == train.EMA_DECAY > 0
+    assert not torch.equal(last["model"]["net.0.weight"], last["train_weights"]["net.0.weight"])
+    # The accuracy recorded with the best checkpoint is that of the weights it holds.
+    best = torch.load(trained / "best_model.pth", weights_only=True)
+    images, labels = mnist.load(ROOT / "data", "train")
+    size = best["hparams"]["subset"]
+    _, val_idx = mnist.train_val_split(size, mnist.scaled_val_size(train.VAL_SIZE, size), 0)
+    model = engine.model_from_checkpoint(best, torch.device("cpu"), "best_model.pth")
+    val = engine.evaluate(model, mnist.Batches(images[val_idx], labels[val_idx], 500,
+                                               torch.device("cpu")))
+    assert val.accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
+
+    plain = tmp_path / "plain"
+    assert run("train.py", *SMOKE, "--ema-decay", "0", "--save-dir", plain).returncode == 0
+    assert torch.load(plain / "last.pth", weights_only=True)["train_weights"] is None
 
 
 def test_schedulers_are_really_stepped(tmp_path):
