@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mnist
-from conftest import ROOT, assert_one_line_error, run
+from conftest import ROOT, SMOKE, assert_one_line_error, run
 
 # Slow enough per epoch (about a second) to be stopped in the middle of one.
 RUN = ["--subset", "8000", "--epochs", "3", "--batch-size", "32"]
@@ -148,6 +148,21 @@ def test_resume_refuses_conflicting_flags_and_extends_with_epochs(tmp_path, unin
     best_after = torch.load(tmp_path / "best_model.pth", weights_only=True)
     assert best_after["val_accuracy"] >= best_before["val_accuracy"]
     assert saved_epoch(tmp_path / "last.pth") == 4
+
+
+def test_a_run_saved_before_smoothing_and_averaging_existed_resumes_without_them(tmp_path):
+    assert run("train.py", *SMOKE, "--label-smoothing", "0", "--ema-decay", "0",
+               "--save-dir", tmp_path).returncode == 0
+    path = tmp_path / "last.pth"
+    state = torch.load(path, weights_only=True)
+    for name in ("label_smoothing", "ema_decay"):       # what an older last.pth lacks
+        del state["hparams"][name]
+    del state["train_weights"], state["ema_updates"]
+    torch.save(state, path)
+    result = run("train.py", "--resume", "--epochs", "3", "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    hparams = torch.load(path, weights_only=True)["hparams"]
+    assert (hparams["label_smoothing"], hparams["ema_decay"], hparams["epochs"]) == (0.0, 0.0, 3)
 
 
 def test_resume_without_a_saved_run(tmp_path):
