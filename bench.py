@@ -269,7 +269,4 @@ def report(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (mnist.DataError, engine.DeviceError) as e:
-        raise SystemExit(f"error: {e}") from None
+    engine.run_script(main, (mnist.DataError, engine.DeviceError))

@@ -1,8 +1,10 @@
 """Shared mechanics of the scripts: device choice, one training epoch, evaluation, checkpoints."""
 import copy
 import io
+import os
 import pickle
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,20 @@ from net import LeNet5
 CHECKPOINT_FORMAT = "lenet5-mnist"
 EVAL_BATCH_SIZE = 2000   # evaluation keeps no activations, so big batches are cheap
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def run_script(main: Callable[[], None], problems: tuple[type[Exception], ...]) -> None:
+    """Run a script's ``main``. A person's mistake (one of ``problems``) ends in one line,
+    ``error: ...``, and status 1; a reader that stops early (``python test.py | head``) ends it
+    with status 1 and no traceback, as other command-line tools do."""
+    try:
+        main()
+        sys.stdout.flush()    # a closed pipe must show here, not at interpreter exit
+    except problems as e:
+        sys.exit(f"error: {e}")
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush goes there
+        sys.exit(1)
 
 
 class DeviceError(Exception):

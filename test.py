@@ -5,7 +5,6 @@
 """
 import argparse
 import json
-import sys
 
 import engine
 import mnist
@@ -89,7 +88,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (mnist.DataError, engine.CheckpointError, engine.DeviceError) as e:
-        sys.exit(f"error: {e}")
+    engine.run_script(main, (mnist.DataError, engine.CheckpointError, engine.DeviceError))

@@ -367,7 +367,4 @@ def train(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (mnist.DataError, engine.CheckpointError, engine.DeviceError) as e:
-        sys.exit(f"error: {e}")
+    engine.run_script(main, (mnist.DataError, engine.CheckpointError, engine.DeviceError))

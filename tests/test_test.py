@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,7 +11,7 @@ from torchvision import datasets, transforms
 
 import engine
 import mnist
-from conftest import ROOT, assert_one_line_error, run
+from conftest import ROOT, SMOKE, assert_one_line_error, run
 from net import LeNet5
 
 
@@ -98,3 +101,27 @@ def test_damaged_data(trained, data_copy):
 def test_unknown_device(trained):
     result = run("test.py", "--checkpoint", trained / "best_model.pth", "--device", "gpu")
     assert_one_line_error(result, "invalid choice: 'gpu'", code=2)
+
+
+
+@pytest.mark.parametrize("script, args", [
+    ("test.py", ["--confusion", "{tmp}/confusion.png"]),
+    ("show.py", ["--out", "{tmp}/predictions.png"]),
+    ("train.py", [*SMOKE, "--save-dir", "{tmp}/run"]),
+])
+def test_a_reader_that_stops_early_gets_no_traceback(trained, tmp_path, script, args):
+    """`python test.py | head`: the pipe closes before the output is written."""
+    read, write = os.pipe()
+    os.close(read)                       # nobody will read: the first write fails with EPIPE
+    if script != "train.py":
+        args = ["--checkpoint", trained / "best_model.pth", *args]
+    try:
+        result = subprocess.run([sys.executable, str(ROOT / script),
+                                 *(str(a).format(tmp=tmp_path) for a in args)],
+                                cwd=ROOT, stdout=write, stderr=subprocess.PIPE, text=True,
+                                timeout=300)
+    finally:
+        os.close(write)
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, \
+        result.stderr
+    assert result.returncode == 1
