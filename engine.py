@@ -1,4 +1,5 @@
-"""Shared mechanics of the scripts: device choice, one training epoch, evaluation, checkpoints."""
+"""Shared mechanics of the scripts: device, optimizer, one training epoch, evaluation,
+checkpoints, and how a script ends on a mistake."""
 import copy
 import io
 import os
