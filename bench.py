@@ -73,9 +73,15 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
-def sync(device: torch.device) -> None:
+def timed(work, device: torch.device) -> float:
+    """Seconds that ``work()`` takes, including the device work it queued."""
     if device.type == "cuda":
         torch.cuda.synchronize()
+    start = time.perf_counter()
+    work()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def article_loader(data_dir: str, batch_size: int = 16) -> DataLoader:
@@ -88,17 +94,17 @@ def sgd_steps(model, optimizer, batches, steps: int, device) -> float:
     """Seconds for ``steps`` of the article's training loop over its DataLoader ``batches``."""
     model.train()
     iterator = iter(batches)
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(steps):
-        x, y = next(iterator)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    sync(device)
-    return time.perf_counter() - start
+
+    def run() -> None:
+        for _ in range(steps):
+            x, y = next(iterator)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    return timed(run, device)
 
 
 def speed_at_article_settings(args, device, images, labels) -> dict:
@@ -115,11 +121,7 @@ def speed_at_article_settings(args, device, images, labels) -> dict:
                          generator=torch.Generator(device).manual_seed(0))
 
     def ours_seconds() -> float:
-        sync(device)
-        start = time.perf_counter()
-        engine.train_one_epoch(ours_model, ours, ours_opt)
-        sync(device)
-        return time.perf_counter() - start
+        return timed(lambda: engine.train_one_epoch(ours_model, ours, ours_opt), device)
 
     sgd_steps(article_model, article_opt, loader, 10, device)     # warm-up
     ours_seconds()
@@ -134,8 +136,16 @@ def speed_at_article_settings(args, device, images, labels) -> dict:
             "speedup": o / a}
 
 
-def test_accuracy(model, test_batches) -> float:
-    return engine.evaluate(model, test_batches).accuracy
+def race(train_epoch, test_accuracy, epochs: int) -> dict:
+    """Train epoch by epoch (``train_epoch()`` returns its seconds) until ``test_accuracy()``
+    reaches the target or ``epochs`` run out; only training time is counted."""
+    seconds, accuracy, done = 0.0, 0.0, 0
+    while done < epochs and accuracy < TARGET:
+        seconds += train_epoch()
+        accuracy = test_accuracy()
+        done += 1
+    return {"reached": accuracy >= TARGET, "epochs": done, "seconds": seconds,
+            "accuracy": accuracy}
 
 
 def race_ours(args, device, images, labels, test_batches) -> dict:
@@ -150,20 +160,11 @@ def race_ours(args, device, images, labels, test_batches) -> dict:
                             generator=torch.Generator(device).manual_seed(0))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe["lr"], epochs=recipe["epochs"], steps_per_epoch=len(batches))
-    seconds, accuracy = 0.0, 0.0
-    flags = train_flags(fast_recipe(device))
-    for epoch in range(1, recipe["epochs"] + 1):
-        sync(device)
-        start = time.perf_counter()
-        engine.train_one_epoch(model, batches, optimizer, scheduler)
-        sync(device)
-        seconds += time.perf_counter() - start
-        accuracy = test_accuracy(model, test_batches)
-        if accuracy >= TARGET:
-            return {"reached": True, "epochs": epoch, "seconds": seconds, "accuracy": accuracy,
-                    "flags": flags}
-    return {"reached": False, "epochs": recipe["epochs"], "seconds": seconds,
-            "accuracy": accuracy, "flags": flags}
+    result = race(
+        lambda: timed(lambda: engine.train_one_epoch(model, batches, optimizer, scheduler),
+                      device),
+        lambda: engine.evaluate(model, test_batches).accuracy, recipe["epochs"])
+    return result | {"flags": train_flags(fast_recipe(device))}
 
 
 def race_article(args, device, test_batches) -> dict:
@@ -179,14 +180,13 @@ def race_article(args, device, test_batches) -> dict:
     raw_test = mnist.Batches(test_batches.images.squeeze(1).mul(255).round().byte().cpu(),
                              test_batches.labels.cpu(), engine.EVAL_BATCH_SIZE, device,
                              mean=0.0, std=1.0)
-    seconds, accuracy = 0.0, 0.0
-    for epoch in range(1, budget + 1):
-        seconds += sgd_steps(model, optimizer, loader, steps_per_epoch or len(loader), device)
+
+    def train_epoch() -> float:
+        seconds = sgd_steps(model, optimizer, loader, steps_per_epoch or len(loader), device)
         scheduler.step()
-        accuracy = test_accuracy(model, raw_test)
-        if accuracy >= TARGET:
-            return {"reached": True, "epochs": epoch, "seconds": seconds, "accuracy": accuracy}
-    return {"reached": False, "epochs": budget, "seconds": seconds, "accuracy": accuracy}
+        return seconds
+
+    return race(train_epoch, lambda: engine.evaluate(model, raw_test).accuracy, budget)
 
 
 def default_throughput(args, device, images, labels, test_batches) -> dict:
@@ -199,18 +199,11 @@ def default_throughput(args, device, images, labels, test_batches) -> dict:
                             shuffle=True, augment=train.AUGMENT_STRENGTH * train.AUGMENT,
                             generator=torch.Generator(device).manual_seed(0))
     engine.train_one_epoch(model, batches, optimizer)                # warm-up
-    sync(device)
-    start = time.perf_counter()
-    engine.train_one_epoch(model, batches, optimizer)
-    sync(device)
-    train_rate = count / (time.perf_counter() - start)
+    train_seconds = timed(lambda: engine.train_one_epoch(model, batches, optimizer), device)
     engine.evaluate(model, test_batches)
-    sync(device)
-    start = time.perf_counter()
-    engine.evaluate(model, test_batches)
-    sync(device)
-    return {"train_images_per_s": train_rate,
-            "eval_images_per_s": len(test_batches.labels) / (time.perf_counter() - start)}
+    eval_seconds = timed(lambda: engine.evaluate(model, test_batches), device)
+    return {"train_images_per_s": count / train_seconds,
+            "eval_images_per_s": len(test_batches.labels) / eval_seconds}
 
 
 def main() -> None:

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+import bench
 from conftest import run
 
 
@@ -28,3 +29,11 @@ def test_quick_bench_table():
     for heading in ("1. article's settings", "2. training time until test accuracy >= 99%",
                     "3. train.py defaults", "speed-up"):
         assert heading in result.stdout
+
+
+def test_race_stops_at_the_first_epoch_on_target_and_counts_only_training_time():
+    accuracies = iter([0.95, 0.991, 0.995])
+    result = bench.race(lambda: 2.5, lambda: next(accuracies), epochs=3)
+    assert result == {"reached": True, "epochs": 2, "seconds": 5.0, "accuracy": 0.991}
+    short = bench.race(lambda: 1.0, lambda: 0.9, epochs=4)
+    assert short == {"reached": False, "epochs": 4, "seconds": 4.0, "accuracy": 0.9}
