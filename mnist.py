@@ -178,12 +178,6 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_affine(x: torch.Tensor, generator: torch.Generator,
-                  strength: float = 1.0) -> torch.Tensor:
-    """Rotate, scale, shear and shift each image of a batch by its own random amount."""
-    return warp(x, random_affine_matrices(len(x), generator, strength, x.device))
-
-
 class Batches:
     """(images, labels) batches of a split held as one tensor on the device.
 
