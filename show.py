@@ -20,6 +20,7 @@ import mnist
 from atomic import write_atomic
 
 ZOOM = 4                   # each 28x28 digit is drawn 112x112
+DIGIT_PX = mnist.SIDE * ZOOM    # side of one drawn digit
 COLUMNS = 10
 CAPTION_SIZE = 15
 RIGHT, WRONG = (40, 40, 40), (210, 30, 30)
@@ -170,11 +171,11 @@ def show_own_images(args, model, checkpoint, device, font) -> list[Image.Image]:
         ranking = ", ".join(f"{classes[i]} {p:.1%}" for p, i in zip(*map(list, top)))
         print(f"{path}: {classes[top.indices[0]]}  (top 3: {ranking})")
         thumbnail = original.convert("RGBA")
-        thumbnail.thumbnail((28 * ZOOM, 28 * ZOOM))
-        pair = Image.new("RGB", (28 * ZOOM * 2 + 8, 28 * ZOOM), "white")
-        pair.paste(thumbnail, ((28 * ZOOM - thumbnail.width) // 2,
-                               (28 * ZOOM - thumbnail.height) // 2), thumbnail)
-        pair.paste(enlarged((prepared * 255).round().byte()), (28 * ZOOM + 8, 0))
+        thumbnail.thumbnail((DIGIT_PX, DIGIT_PX))
+        pair = Image.new("RGB", (DIGIT_PX * 2 + 8, DIGIT_PX), "white")
+        pair.paste(thumbnail, ((DIGIT_PX - thumbnail.width) // 2,
+                               (DIGIT_PX - thumbnail.height) // 2), thumbnail)
+        pair.paste(enlarged((prepared * 255).round().byte()), (DIGIT_PX + 8, 0))
         name = path.name if len(path.name) <= 28 else path.name[:25] + "..."
         tiles.append(tile(pair, [name, f"seen as {classes[top.indices[0]]} "
                                        f"({float(top.values[0]):.0%})"], False, font))
