@@ -118,6 +118,13 @@ def _forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: b
     return loss.detach(), logits.detach()
 
 
+def _add_to_totals(loss_sum: torch.Tensor, correct: torch.Tensor, loss: torch.Tensor,
+                   logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Running sums on the device (in place, so a CUDA graph can capture them too)."""
+    loss_sum += loss * len(y)
+    correct += (logits.argmax(1) == y).sum()
+
+
 class _GraphedStep:
     """Forward pass, loss, backward pass and running totals of one full-size batch, captured
     once as a CUDA graph and then replayed for every batch of that size.
@@ -144,8 +151,7 @@ class _GraphedStep:
         with torch.cuda.graph(self.graph):
             loss, logits = _forward_backward(model, self.x, self.y, amp, label_smoothing,
                                              graphed=True)
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == self.y).sum()
+            _add_to_totals(loss_sum, correct, loss, logits, self.y)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x.copy_(x)
@@ -184,8 +190,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
             # Zeroed in place: with a graph, these gradient tensors are the ones it writes.
             optimizer.zero_grad(set_to_none=graphed is None)
             loss, logits = _forward_backward(model, x, y, amp, label_smoothing)
-            loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            _add_to_totals(loss_sum, correct, loss, logits, y)
         optimizer.step()
         if ema is not None:
             ema.update(model)
