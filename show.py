@@ -51,14 +51,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="predict your own pictures of digits (files or folders)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for --random, to get the same images again")
-    parser.add_argument("--out", default="save_model/predictions.png",
-                        help="picture to write (default: %(default)s)")
+    parser.add_argument("--out", help="picture to write (default: save_model/predictions.png; "
+                                      "errors.png with --errors, own.png with --image)")
     parser.add_argument("--show", action="store_true",
                         help="also open the picture in the system's image viewer")
     parser.add_argument("--device", default="auto", choices=engine.DEVICES,
                         help="where to run (default: %(default)s)")
     parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.out is None:    # each mode its own file, so one does not overwrite another's picture
+        name = "errors.png" if args.errors else "own.png" if args.image else "predictions.png"
+        args.out = f"save_model/{name}"
     if Path(args.out).suffix.lower() not in Image.registered_extensions():
         parser.error(f"--out {args.out}: give the picture a file type, for example .png")
     return args

@@ -3,7 +3,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from conftest import assert_one_line_error, run
+from conftest import ROOT, assert_one_line_error, run
 
 LINE = re.compile(r"\s*(\d+)\s+(\d)\s+(\d)\s+(\d+\.\d\d)%\s+(right|WRONG)$")
 
@@ -109,3 +109,16 @@ def test_own_pictures_none_readable(trained, tmp_path):
                  tmp_path / "empty", "--out", tmp_path / "x.png")
     assert_one_line_error(result, "none of the pictures could be read")
     assert "no pictures in this folder" in result.stderr
+
+
+def test_each_mode_has_its_own_default_picture(trained, tmp_path):
+    from test_handwriting import render
+    render(0).save(tmp_path / "seven.jpg")
+    common = ["--checkpoint", trained / "best_model.pth", "--data-dir", ROOT / "data"]
+    for mode, name in (([], "predictions.png"), (["--errors"], "errors.png"),
+                       (["--image", tmp_path / "seven.jpg"], "own.png")):
+        result = run("show.py", *common, *mode, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"picture written to save_model/{name}" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "save_model").iterdir()) == \
+        ["errors.png", "own.png", "predictions.png"]
