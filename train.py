@@ -34,7 +34,7 @@ import plots  # noqa: E402
 
 # ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
 EPOCHS = 50              # passes over the training images
-BATCH_SIZE = 128         # images per optimizer step
+BATCH_SIZE = 64          # images per optimizer step
 OPTIMIZER = "adamw"      # "adamw" or "sgd"
 LR = 3e-3                # learning rate; the peak rate when SCHEDULER is "onecycle"
 MOMENTUM = 0.9           # SGD momentum (AdamW keeps its own betas)
