@@ -132,7 +132,9 @@ def open_in_viewer(path: str) -> None:
         print(f"no image viewer found ({opener} is missing); open {path} yourself")
 
 
-def show_test_images(args, model, checkpoint, device, font) -> list[Image.Image]:
+def show_test_images(args, model, checkpoint, device, font
+                     ) -> tuple[list[Image.Image], list[str]]:
+    """The tiles of the chosen test images and the report's lines."""
     images, labels = mnist.load(args.data_dir, "test")
     batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
                             mean=checkpoint["mean"], std=checkpoint["std"])
@@ -140,28 +142,30 @@ def show_test_images(args, model, checkpoint, device, font) -> list[Image.Image]
     confidence, predicted = probabilities.max(1)
     indices = pick_indices(args, confidence, predicted, labels)
     classes = checkpoint["classes"]
-    if args.errors:
-        print(f"{int((predicted != labels).sum())} of {len(labels)} test images "
-              f"are misclassified; the {len(indices)} most confident mistakes:")
-    print(f"{'index':>5} {'predicted':>9} {'actual':>6} {'confidence':>10}  result")
+    lines = [f"{int((predicted != labels).sum())} of {len(labels)} test images are "
+             f"misclassified; the {len(indices)} most confident mistakes:"] if args.errors else []
+    lines.append(f"{'index':>5} {'predicted':>9} {'actual':>6} {'confidence':>10}  result")
     tiles, right = [], 0
     for index in indices.tolist():
         p, guess, truth = float(confidence[index]), int(predicted[index]), int(labels[index])
         right += guess == truth
-        print(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {p:>10.2%}  "
-              f"{'right' if guess == truth else 'WRONG'}")
+        lines.append(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {p:>10.2%}  "
+                     f"{'right' if guess == truth else 'WRONG'}")
         tiles.append(tile(enlarged(images[index]), [f"pred {classes[guess]} ({p:.0%})",
                                                     f"true {classes[truth]}  #{index}"],
                           guess != truth, font))
     if not args.errors:
-        print(f"{right} of {len(tiles)} right")
-    return tiles
+        lines.append(f"{right} of {len(tiles)} right")
+    return tiles, lines
 
 
-def show_own_images(args, model, checkpoint, device, font) -> list[Image.Image]:
+def show_own_images(args, model, checkpoint, device, font
+                    ) -> tuple[list[Image.Image], list[str]]:
+    """The tiles of the readable pictures and the report's lines; the others are named on
+    stderr."""
     files, problems = handwriting.image_files(args.image)
     classes = checkpoint["classes"]
-    tiles = []
+    tiles, lines = [], []
     for path in files:
         try:
             original = handwriting.open_image(path)
@@ -172,7 +176,7 @@ def show_own_images(args, model, checkpoint, device, font) -> list[Image.Image]:
         x = ((prepared - checkpoint["mean"]) / checkpoint["std"])[None, None].to(device)
         top = engine.predict(model, x)[0].cpu().topk(3)
         ranking = ", ".join(f"{classes[i]} {p:.1%}" for p, i in zip(*map(list, top)))
-        print(f"{path}: {classes[top.indices[0]]}  (top 3: {ranking})")
+        lines.append(f"{path}: {classes[top.indices[0]]}  (top 3: {ranking})")
         thumbnail = original.convert("RGBA")
         thumbnail.thumbnail((DIGIT_PX, DIGIT_PX))
         pair = Image.new("RGB", (DIGIT_PX * 2 + 8, DIGIT_PX), "white")
@@ -186,7 +190,7 @@ def show_own_images(args, model, checkpoint, device, font) -> list[Image.Image]:
         print(f"skipped {problem}", file=sys.stderr)
     if not tiles:
         raise SystemExit("error: none of the pictures could be read (see above)")
-    return tiles
+    return tiles, lines
 
 
 def main(argv=None) -> None:
@@ -195,18 +199,17 @@ def main(argv=None) -> None:
     checkpoint = engine.load_checkpoint(args.checkpoint)
     model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
     font = ImageFont.load_default(size=CAPTION_SIZE)
-    if args.image:
-        tiles = show_own_images(args, model, checkpoint, device, font)
-    else:
-        tiles = show_test_images(args, model, checkpoint, device, font)
+    show = show_own_images if args.image else show_test_images
+    tiles, lines = show(args, model, checkpoint, device, font)
     if not tiles:
         print("nothing to draw: every test image is classified correctly")
         return
-    try:
+    try:   # the picture first: a reader that stops early (| head) must not cost it
         save_picture(grid(tiles, columns=5 if args.image else COLUMNS), args.out)
     except OSError as e:
         raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}): "
                          f"pass another --out PATH") from None
+    print("\n".join(lines))
     print(f"picture written to {args.out}")
     if args.show:
         open_in_viewer(args.out)

@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,7 +111,8 @@ def test_unknown_device(trained):
     ("train.py", [*SMOKE, "--save-dir", "{tmp}/run"]),
 ])
 def test_a_reader_that_stops_early_gets_no_traceback(trained, tmp_path, script, args):
-    """`python test.py | head`: the pipe closes before the output is written."""
+    """`python test.py | head`: the pipe closes before the report is written; the picture
+    is still drawn."""
     read, write = os.pipe()
     os.close(read)                       # nobody will read: the first write fails with EPIPE
     if script != "train.py":
@@ -125,3 +127,5 @@ def test_a_reader_that_stops_early_gets_no_traceback(trained, tmp_path, script, 
     assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, \
         result.stderr
     assert result.returncode == 1
+    if script != "train.py":             # the picture is drawn before the report is printed
+        assert Path(args[-1].format(tmp=tmp_path)).stat().st_size > 0
