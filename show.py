@@ -67,12 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def pick_indices(args, confidence: torch.Tensor, predicted: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor:
-    total = len(labels)
-    if args.errors:
-        wrong = (predicted != labels).nonzero().flatten()
-        return wrong[confidence[wrong].argsort(descending=True)][:args.count]
+def pick_indices(args, total: int) -> torch.Tensor:
+    """The test images that --random or --start/--count ask for."""
     if args.random:
         generator = torch.Generator()
         generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
@@ -136,23 +132,31 @@ def show_test_images(args, model, checkpoint, device, font
                      ) -> tuple[list[Image.Image], list[str]]:
     """The tiles of the chosen test images and the report's lines."""
     images, labels = mnist.load(args.data_dir, "test")
+    # Only --errors has to predict every test image; the other modes predict just theirs.
+    indices = torch.arange(len(labels)) if args.errors else pick_indices(args, len(labels))
+    images, labels = images[indices], labels[indices]
     batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
                             mean=checkpoint["mean"], std=checkpoint["std"])
     probabilities = torch.cat([engine.predict(model, x) for x, _ in batches]).cpu()
     confidence, predicted = probabilities.max(1)
-    indices = pick_indices(args, confidence, predicted, labels)
+    rows = torch.arange(len(indices))
+    lines = []
+    if args.errors:
+        wrong = (predicted != labels).nonzero().flatten()
+        rows = wrong[confidence[wrong].argsort(descending=True)][:args.count]
+        lines.append(f"{len(wrong)} of {len(labels)} test images are misclassified; "
+                     f"the {len(rows)} most confident mistakes:")
     classes = checkpoint["classes"]
-    lines = [f"{int((predicted != labels).sum())} of {len(labels)} test images are "
-             f"misclassified; the {len(indices)} most confident mistakes:"] if args.errors else []
     lines.append(f"{'index':>5} {'predicted':>9} {'actual':>6} {'confidence':>10}  result")
     tiles, right = [], 0
-    for index in indices.tolist():
-        p, guess, truth = float(confidence[index]), int(predicted[index]), int(labels[index])
+    for row in rows.tolist():
+        p, guess, truth = float(confidence[row]), int(predicted[row]), int(labels[row])
+        index = int(indices[row])
         right += guess == truth
         lines.append(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {p:>10.2%}  "
                      f"{'right' if guess == truth else 'WRONG'}")
-        tiles.append(tile(enlarged(images[index]), [f"pred {classes[guess]} ({p:.0%})",
-                                                    f"true {classes[truth]}  #{index}"],
+        tiles.append(tile(enlarged(images[row]), [f"pred {classes[guess]} ({p:.0%})",
+                                                  f"true {classes[truth]}  #{index}"],
                           guess != truth, font))
     if not args.errors:
         lines.append(f"{right} of {len(tiles)} right")

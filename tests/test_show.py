@@ -52,6 +52,30 @@ def test_start_count_and_random(trained, tmp_path):
     assert indices[0] != list(range(5))
 
 
+def test_shown_predictions_are_the_models_own(trained, tmp_path):
+    """The chosen images alone are predicted; each line must match the whole test set's run."""
+    import torch
+
+    import engine
+    import mnist
+    checkpoint = engine.load_checkpoint(trained / "best_model.pth")
+    model = engine.model_from_checkpoint(checkpoint, torch.device("cpu"), "best_model.pth")
+    images, labels = mnist.load(ROOT / "data", "test")
+    batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, torch.device("cpu"),
+                            mean=checkpoint["mean"], std=checkpoint["std"])
+    confidence, predicted = torch.cat([engine.predict(model, x) for x, _ in batches]).max(1)
+    for request, count in ((["--start", "37"], 12), (["--random", "--seed", "3"], 9)):
+        result = run("show.py", "--checkpoint", trained / "best_model.pth", *request,
+                     "--count", count, "--out", tmp_path / "p.png")
+        assert result.returncode == 0, result.stderr
+        lines = prediction_lines(result.stdout)
+        assert len(lines) == count
+        for m in lines:
+            index = int(m[1])
+            assert (int(m[2]), int(m[3])) == (int(predicted[index]), int(labels[index])), m[0]
+            assert abs(float(m[4]) - 100 * float(confidence[index])) < 0.006, m[0]
+
+
 def test_bad_requests_are_one_line(trained, tmp_path):
     checkpoint = trained / "best_model.pth"
     assert_one_line_error(run("show.py", "--checkpoint", checkpoint, "--start", "10000"),
