@@ -59,7 +59,7 @@ OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
 
-def _number(kind, low=None, high=None, low_open=False, high_open=False):
+def ranged(kind, low=None, high=None, low_open=False, high_open=False):
     """An argparse type: ``kind`` (int or float) within [low, high], ends open where asked."""
     def check(text):
         try:
@@ -78,32 +78,32 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False):
 
 # flag → (default from the block above, argparse options); these make a run's hyperparameters.
 HYPERPARAMETERS = {
-    "epochs": (EPOCHS, dict(type=_number(int, 1), help="passes over the training images")),
-    "batch_size": (BATCH_SIZE, dict(type=_number(int, 1), help="images per optimizer step")),
+    "epochs": (EPOCHS, dict(type=ranged(int, 1), help="passes over the training images")),
+    "batch_size": (BATCH_SIZE, dict(type=ranged(int, 1), help="images per optimizer step")),
     "optimizer": (OPTIMIZER, dict(choices=["adamw", "sgd"], help="optimizer")),
-    "lr": (LR, dict(type=_number(float, 0, low_open=True), help="(peak) learning rate")),
-    "momentum": (MOMENTUM, dict(type=_number(float, 0, 1, high_open=True), help="SGD momentum")),
-    "weight_decay": (WEIGHT_DECAY, dict(type=_number(float, 0), help="weight decay")),
+    "lr": (LR, dict(type=ranged(float, 0, low_open=True), help="(peak) learning rate")),
+    "momentum": (MOMENTUM, dict(type=ranged(float, 0, 1, high_open=True), help="SGD momentum")),
+    "weight_decay": (WEIGHT_DECAY, dict(type=ranged(float, 0), help="weight decay")),
     "scheduler": (SCHEDULER, dict(choices=["onecycle", "step", "none"],
                                   help="learning-rate schedule")),
-    "step_size": (STEP_SIZE, dict(type=_number(int, 1), help="StepLR: epochs between drops")),
-    "gamma": (GAMMA, dict(type=_number(float, 0, 1, low_open=True), help="StepLR: drop factor")),
+    "step_size": (STEP_SIZE, dict(type=ranged(int, 1), help="StepLR: epochs between drops")),
+    "gamma": (GAMMA, dict(type=ranged(float, 0, 1, low_open=True), help="StepLR: drop factor")),
     "augment": (AUGMENT, dict(action=argparse.BooleanOptionalAction,
                               help="random affine augmentation of training images")),
-    "augment_strength": (AUGMENT_STRENGTH, dict(type=_number(float, 0, 2, low_open=True),
+    "augment_strength": (AUGMENT_STRENGTH, dict(type=ranged(float, 0, 2, low_open=True),
                                                 help="scale of the augmentation's ranges")),
-    "label_smoothing": (LABEL_SMOOTHING, dict(type=_number(float, 0, 1, high_open=True),
+    "label_smoothing": (LABEL_SMOOTHING, dict(type=ranged(float, 0, 1, high_open=True),
                                               help="label smoothing of the training loss")),
-    "ema_decay": (EMA_DECAY, dict(type=_number(float, 0, 1, high_open=True),
+    "ema_decay": (EMA_DECAY, dict(type=ranged(float, 0, 1, high_open=True),
                                   help="decay of the weight average that is validated and saved "
                                        "(0: the trained weights themselves)")),
-    "val_size": (VAL_SIZE, dict(type=_number(int, 0, mnist.TRAIN_SIZE - 1),
+    "val_size": (VAL_SIZE, dict(type=ranged(int, 0, mnist.TRAIN_SIZE - 1),
                                 help="training images held out for validation")),
-    "seed": (SEED, dict(type=_number(int, 0), help="random seed")),
+    "seed": (SEED, dict(type=ranged(int, 0), help="random seed")),
     "amp": (AMP, dict(action=argparse.BooleanOptionalAction, help="bfloat16 autocast")),
     "compile": (COMPILE, dict(action=argparse.BooleanOptionalAction,
                               help="torch.compile the model")),
-    "subset": (None, dict(type=_number(int, 1, mnist.TRAIN_SIZE), metavar="N",
+    "subset": (None, dict(type=ranged(int, 1, mnist.TRAIN_SIZE), metavar="N",
                           help="train on the first N training images only (smoke runs); "
                                "the validation split shrinks in proportion")),
 }

@@ -3,7 +3,7 @@ import json
 import pytest
 
 import bench
-from conftest import run
+from conftest import assert_one_line_error, run
 
 
 def test_quick_bench_runs_every_part_and_reports_consistent_figures():
@@ -37,3 +37,12 @@ def test_race_stops_at_the_first_epoch_on_target_and_counts_only_training_time()
     assert result == {"reached": True, "epochs": 2, "seconds": 5.0, "accuracy": 0.991}
     short = bench.race(lambda: 1.0, lambda: 0.9, epochs=4)
     assert short == {"reached": False, "epochs": 4, "seconds": 4.0, "accuracy": 0.9}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
+    (["--article-epochs", "-2"], "argument --article-epochs: must be >= 1, got -2"),
+    (["--rounds", "many"], "argument --rounds: expected int, got 'many'"),
+])
+def test_impossible_values_are_refused(args, message):
+    assert_one_line_error(run("bench.py", *args), message, code=2)
