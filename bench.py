@@ -55,9 +55,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--device", default="auto", choices=engine.DEVICES,
                         help="where to run (default: %(default)s)")
     parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
-    parser.add_argument("--rounds", type=train.ranged(int, 1), default=None,
+    parser.add_argument("--rounds", type=engine.ranged(int, 1), default=None,
                         help="alternating rounds for the speed comparison (default: 5; 2 quick)")
-    parser.add_argument("--article-epochs", type=train.ranged(int, 1), default=None,
+    parser.add_argument("--article-epochs", type=engine.ranged(int, 1), default=None,
                         help="epoch budget of the article's recipe in the race to 99 %% "
                              "(default: 4; quick: a fraction of one)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -1,5 +1,6 @@
 """Shared mechanics of the scripts: device, optimizer, one training epoch, evaluation,
-checkpoints, and how a script ends on a mistake."""
+checkpoints, and how a script checks its numbers and ends on a mistake."""
+import argparse
 import copy
 import io
 import os
@@ -35,6 +36,23 @@ def run_script(main: Callable[[], None], problems: tuple[type[Exception], ...]) 
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush goes there
         sys.exit(1)
+
+
+def ranged(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: ``kind`` (int or float) within [low, high], ends open where asked."""
+    def check(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if (low is not None and (value < low or (low_open and value == low))) or \
+                (high is not None and (value > high or (high_open and value == high))):
+            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+            hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+            raise argparse.ArgumentTypeError(f"must be {' and '.join(filter(None, [lo, hi]))}, "
+                                             f"got {text}")
+        return value
+    return check
 
 
 class DeviceError(Exception):

@@ -26,13 +26,6 @@ CAPTION_SIZE = 15
 RIGHT, WRONG = (40, 40, 40), (210, 30, 30)
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Show LeNet-5's predictions on MNIST test "
                                                  "images as text and as one PNG.")
@@ -40,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="checkpoint to use (default: %(default)s)")
     parser.add_argument("--start", type=int, default=0,
                         help="index of the first test image (default: %(default)s)")
-    parser.add_argument("--count", type=_count, default=10,
+    parser.add_argument("--count", type=engine.ranged(int, 1), default=10,
                         help="how many images (default: %(default)s)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--random", action="store_true",

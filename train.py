@@ -31,6 +31,7 @@ from tqdm import tqdm  # noqa: E402
 import engine  # noqa: E402
 import mnist  # noqa: E402
 import plots  # noqa: E402
+from engine import ranged  # noqa: E402
 
 # ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
 EPOCHS = 50              # passes over the training images
@@ -57,23 +58,6 @@ SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 
 OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
-
-
-def ranged(kind, low=None, high=None, low_open=False, high_open=False):
-    """An argparse type: ``kind`` (int or float) within [low, high], ends open where asked."""
-    def check(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if (low is not None and (value < low or (low_open and value == low))) or \
-                (high is not None and (value > high or (high_open and value == high))):
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-            hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-            raise argparse.ArgumentTypeError(f"must be {' and '.join(filter(None, [lo, hi]))}, "
-                                             f"got {text}")
-        return value
-    return check
 
 
 # flag → (default from the block above, argparse options); these make a run's hyperparameters.
