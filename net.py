@@ -1,6 +1,25 @@
 """LeNet-5 as published (LeCun et al., 1998): tanh activations and average pooling."""
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class WholeMapConv2d(nn.Conv2d):
+    """A convolution whose kernels cover the whole input map, as LeNet-5's C5 does (5x5 kernels on
+    5x5 maps). Each output is then one dot product with the whole input, which the paper notes
+    amounts to a full connection; this computes it as that matrix product, which ran a training
+    step 11-13 % faster than the convolution on the CPU (README: On the CPU). The weights and
+    their shape are the convolution's, and so are the results, to rounding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != self.kernel_size or self.padding != (0, 0):
+            return super().forward(x)      # the kernels slide: a real convolution
+        # Flattened in (height, width, channel) order: the order channels_last tensors already
+        # have, so neither flattening copies.
+        inputs = x.permute(0, 2, 3, 1).flatten(1)
+        weight = self.weight.permute(0, 2, 3, 1).flatten(1)
+        return F.linear(inputs, weight, self.bias)[:, :, None, None]
 
 
 class LeNet5(nn.Module):
@@ -19,7 +38,7 @@ class LeNet5(nn.Module):
             nn.AvgPool2d(kernel_size=2, stride=2),                    # 6x14x14
             nn.Conv2d(6, 16, kernel_size=5), nn.Tanh(),               # 16x10x10
             nn.AvgPool2d(kernel_size=2, stride=2),                    # 16x5x5
-            nn.Conv2d(16, 120, kernel_size=5), nn.Tanh(),             # 120x1x1
+            WholeMapConv2d(16, 120, kernel_size=5), nn.Tanh(),        # 120x1x1
             nn.Flatten(),                                             # 120
             nn.Linear(120, 84), nn.Tanh(),                            # 84
             nn.Linear(84, num_classes),                               # logits

@@ -1,9 +1,11 @@
 import json
 
 import pytest
+import torch
 
 import bench
 from conftest import assert_one_line_error, run
+from net import LeNet5
 
 
 def test_quick_bench_runs_every_part_and_reports_consistent_figures():
@@ -46,3 +48,17 @@ def test_race_stops_at_the_first_epoch_on_target_and_counts_only_training_time()
 ])
 def test_impossible_values_are_refused(args, message):
     assert_one_line_error(run("bench.py", *args), message, code=2)
+
+
+
+def test_the_article_side_is_net_py_model_in_stock_modules():
+    torch.manual_seed(0)
+    tutorial = bench.tutorial_model(torch.device("cpu"))
+    assert all(type(layer).__module__.startswith("torch.nn.modules") for layer in tutorial.net)
+    torch.manual_seed(0)
+    ours = LeNet5()                               # same seed: the same initial weights
+    assert ours.state_dict().keys() == tutorial.state_dict().keys()
+    for name, value in ours.state_dict().items():
+        assert torch.equal(value, tutorial.state_dict()[name]), name
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.allclose(ours(x), tutorial(x), atol=1e-5)

@@ -1,11 +1,13 @@
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from conftest import ROOT
-from net import LeNet5, count_parameters
+from net import LeNet5, WholeMapConv2d, count_parameters
 
 TUTORIAL_KEYS = {f"net.{i}.{kind}" for i in (0, 3, 6, 9, 11) for kind in ("weight", "bias")}
 
@@ -19,9 +21,32 @@ def test_output_shape_parameter_count_and_finite_logits():
 
 
 def test_layers_follow_the_1998_design():
-    kinds = [type(layer).__name__ for layer in LeNet5().net]
-    assert kinds == ["Conv2d", "Tanh", "AvgPool2d", "Conv2d", "Tanh", "AvgPool2d",
-                     "Conv2d", "Tanh", "Flatten", "Linear", "Tanh", "Linear"]
+    kinds = [nn.Conv2d, nn.Tanh, nn.AvgPool2d, nn.Conv2d, nn.Tanh, nn.AvgPool2d,
+             nn.Conv2d, nn.Tanh, nn.Flatten, nn.Linear, nn.Tanh, nn.Linear]
+    layers = list(LeNet5().net)
+    assert len(layers) == len(kinds)
+    assert all(isinstance(layer, kind) for layer, kind in zip(layers, kinds, strict=True))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("side", [5, 7])       # 7: the kernels slide, a real convolution
+def test_whole_map_convolution_computes_the_convolution(layout, side):
+    torch.manual_seed(0)
+    stock = nn.Conv2d(16, 120, kernel_size=5)
+    whole = WholeMapConv2d(16, 120, kernel_size=5)
+    whole.load_state_dict(stock.state_dict())
+    stock, whole = stock.to(memory_format=layout), whole.to(memory_format=layout)
+    x = torch.randn(8, 16, side, side).to(memory_format=layout).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    expected, got = stock(x), whole(x2)
+    assert got.shape == expected.shape
+    assert torch.allclose(got, expected, atol=1e-5)
+    grad = torch.randn_like(expected)
+    expected.backward(grad)
+    got.backward(grad)
+    assert torch.allclose(x2.grad, x.grad, atol=1e-5)
+    for name in ("weight", "bias"):
+        assert torch.allclose(getattr(whole, name).grad, getattr(stock, name).grad, atol=1e-4)
 
 
 def test_every_parameter_receives_a_gradient():
