@@ -13,8 +13,10 @@ class WholeMapConv2d(nn.Conv2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != self.kernel_size or self.padding != (0, 0):
-            return super().forward(x)      # the kernels slide: a real convolution
+        covers_whole_map = (x.shape[-2:] == self.kernel_size and self.padding == (0, 0)
+                            and self.dilation == (1, 1) and self.groups == 1)
+        if not covers_whole_map:
+            return super().forward(x)      # the kernels slide (or are split): a real convolution
         # Flattened in (height, width, channel) order: the order channels_last tensors already
         # have, so neither flattening copies.
         inputs = x.permute(0, 2, 3, 1).flatten(1)

@@ -50,7 +50,6 @@ def test_impossible_values_are_refused(args, message):
     assert_one_line_error(run("bench.py", *args), message, code=2)
 
 
-
 def test_the_article_side_is_net_py_model_in_stock_modules():
     torch.manual_seed(0)
     tutorial = bench.tutorial_model(torch.device("cpu"))

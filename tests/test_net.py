@@ -29,11 +29,11 @@ def test_layers_follow_the_1998_design():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("side", [5, 7])       # 7: the kernels slide, a real convolution
-def test_whole_map_convolution_computes_the_convolution(layout, side):
+@pytest.mark.parametrize("side, groups", [(5, 1), (7, 1), (5, 4)])   # 7 or 4: a real convolution
+def test_whole_map_convolution_computes_the_convolution(layout, side, groups):
     torch.manual_seed(0)
-    stock = nn.Conv2d(16, 120, kernel_size=5)
-    whole = WholeMapConv2d(16, 120, kernel_size=5)
+    stock = nn.Conv2d(16, 120, kernel_size=5, groups=groups)
+    whole = WholeMapConv2d(16, 120, kernel_size=5, groups=groups)
     whole.load_state_dict(stock.state_dict())
     stock, whole = stock.to(memory_format=layout), whole.to(memory_format=layout)
     x = torch.randn(8, 16, side, side).to(memory_format=layout).requires_grad_()
