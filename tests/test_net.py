@@ -25,7 +25,7 @@ def test_layers_follow_the_1998_design():
              nn.Conv2d, nn.Tanh, nn.Flatten, nn.Linear, nn.Tanh, nn.Linear]
     layers = list(LeNet5().net)
     assert len(layers) == len(kinds)
-    assert all(isinstance(layer, kind) for layer, kind in zip(layers, kinds, strict=True))
+    assert all(isinstance(layer, kind) for layer, kind in zip(layers, kinds))
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
