@@ -245,9 +245,10 @@ def main() -> None:
 
 
 def describe(race: dict) -> str:
+    epochs = f"{race['epochs']} epoch{'' if race['epochs'] == 1 else 's'}"
     if race["reached"]:
-        return f"{race['seconds']:.1f} s ({race['epochs']} epochs, {race['accuracy']:.2%})"
-    return (f"not reached in {race['epochs']} epochs, {race['seconds']:.1f} s "
+        return f"{race['seconds']:.1f} s ({epochs}, {race['accuracy']:.2%})"
+    return (f"not reached in {epochs}, {race['seconds']:.1f} s "
             f"(test accuracy {race['accuracy']:.2%})")
 
 

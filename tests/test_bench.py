@@ -41,6 +41,13 @@ def test_race_stops_at_the_first_epoch_on_target_and_counts_only_training_time()
     assert short == {"reached": False, "epochs": 4, "seconds": 4.0, "accuracy": 0.9}
 
 
+def test_race_results_read_as_english():
+    assert bench.describe({"reached": True, "epochs": 1, "seconds": 2.04, "accuracy": 0.9912}) \
+        == "2.0 s (1 epoch, 99.12%)"
+    assert bench.describe({"reached": False, "epochs": 4, "seconds": 61.0, "accuracy": 0.9871}) \
+        == "not reached in 4 epochs, 61.0 s (test accuracy 98.71%)"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--rounds", "0"], "argument --rounds: must be >= 1, got 0"),
     (["--article-epochs", "-2"], "argument --article-epochs: must be >= 1, got -2"),
