@@ -11,6 +11,11 @@
    project's fastest recipe against the article's recipe within an epoch budget.
 3. Throughput at train.py's default settings, training and evaluation.
 """
+import cli
+
+if __name__ == "__main__":    # importing torch takes seconds: a stop during it ends quietly too
+    cli.stop_quietly_while_starting()
+
 import argparse
 import json
 import platform
@@ -29,11 +34,15 @@ import train
 from net import LeNet5, WholeMapConv2d
 
 TARGET = 0.99
-# The fastest recipes found to 99 % (README): on the CPU the cost of a step grows with the batch,
-# on a GPU a step of 512 costs little more than one of 128, so fewer, larger steps win there.
+# The fastest recipes found to 99 % (docs/speed.md): on the CPU the cost of a step grows with
+# the batch, on a GPU a step of 512 costs little more than one of 128, so fewer, larger steps
+# win there. Neither smooths the labels nor averages the weights. AdamW with OneCycle, as
+# train.py's defaults.
 FAST_RECIPES = {
-    "cpu": dict(epochs=6, batch_size=128, lr=3e-3, weight_decay=1e-2, augment_strength=0.5),
-    "cuda": dict(epochs=8, batch_size=512, lr=1e-2, weight_decay=1e-2, augment_strength=0.5),
+    "cpu": dict(epochs=6, batch_size=128, lr=3e-3, weight_decay=1e-2, augment_strength=0.5,
+                label_smoothing=0.0, ema_decay=0.0),
+    "cuda": dict(epochs=8, batch_size=512, lr=1e-2, weight_decay=1e-2, augment_strength=0.5,
+                 label_smoothing=0.0, ema_decay=0.0),
 }
 
 
@@ -42,27 +51,26 @@ def fast_recipe(device: torch.device) -> dict:
 
 
 def train_flags(recipe: dict) -> str:
-    """The train.py command line that runs ``recipe`` (without validation split)."""
-    flags = {"epochs": train.EPOCHS, "batch_size": train.BATCH_SIZE, "lr": train.LR,
-             "weight_decay": train.WEIGHT_DECAY, "augment_strength": train.AUGMENT_STRENGTH}
+    """The train.py flags that run ``recipe`` (without validation split)."""
+    defaults = {name: default for name, (default, _, _) in train.HYPERPARAMETERS.items()}
     return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in recipe.items()
-                    if value != flags[name]) + " --val-size 0"
+                    if value != defaults[name]) + " --val-size 0"
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes: checks that every part runs, in seconds")
     parser.add_argument("--device", default="auto", choices=engine.DEVICES,
                         help="where to run (default: %(default)s)")
     parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
-    parser.add_argument("--rounds", type=engine.ranged(int, 1), default=None,
+    parser.add_argument("--rounds", type=cli.ranged(int, 1), default=None,
                         help="alternating rounds for the speed comparison (default: 5; 2 quick)")
-    parser.add_argument("--article-epochs", type=engine.ranged(int, 1), default=None,
+    parser.add_argument("--article-epochs", type=cli.ranged(int, 1), default=None,
                         help="epochs the article's recipe gets to reach 99 %% test accuracy "
                              "(default: 4; quick: a fraction of one)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def cpu_name() -> str:
@@ -166,6 +174,7 @@ def race_ours(args, device, images, labels, test_batches) -> dict:
     recipe = fast_recipe(device) | ({"epochs": 1} if args.quick else {})
     torch.manual_seed(0)
     model = engine.new_model(device)
+    ema = engine.EMA(model, recipe["ema_decay"]) if recipe["ema_decay"] else None
     optimizer = engine.new_optimizer(model, "adamw", recipe["lr"],
                                      weight_decay=recipe["weight_decay"])
     batches = mnist.Batches(images, labels, recipe["batch_size"], device, shuffle=True,
@@ -174,9 +183,11 @@ def race_ours(args, device, images, labels, test_batches) -> dict:
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe["lr"], epochs=recipe["epochs"], steps_per_epoch=len(batches))
     result = race(
-        lambda: timed(lambda: engine.train_one_epoch(model, batches, optimizer, scheduler),
-                      device),
-        lambda: engine.evaluate(model, test_batches).accuracy, recipe["epochs"])
+        lambda: timed(lambda: engine.train_one_epoch(
+            model, batches, optimizer, scheduler, label_smoothing=recipe["label_smoothing"],
+            ema=ema), device),
+        lambda: engine.evaluate(ema.model if ema else model, test_batches).accuracy,
+        recipe["epochs"])
     return result | {"flags": train_flags(fast_recipe(device))}
 
 
@@ -219,8 +230,8 @@ def default_throughput(args, device, images, labels, test_batches) -> dict:
             "eval_images_per_s": len(test_batches.labels) / eval_seconds}
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv=None) -> None:
+    args = parse_args(argv)
     device = engine.pick_device(args.device)
     images, labels = mnist.load(args.data_dir, "train")
     test_images, test_labels = mnist.load(args.data_dir, "test")
@@ -276,4 +287,4 @@ def report(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    engine.run_script(main, (mnist.DataError, engine.DeviceError))
+    cli.run_script(main, (mnist.DataError, engine.DeviceError))

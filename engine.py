@@ -1,66 +1,21 @@
-"""Shared mechanics of the scripts: device, optimizer, one training epoch, evaluation,
-checkpoints, and how a script checks its numbers and ends on a mistake."""
-import argparse
+"""The training core: device switch, model, optimizer, weight average, one training epoch
+(replayed from a CUDA graph on a GPU), evaluation and prediction."""
 import copy
-import io
-import os
-import pickle
-import re
-import sys
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atomic import write_atomic
 from net import LeNet5
 
-CHECKPOINT_FORMAT = "lenet5-mnist"
 EVAL_BATCH_SIZE = 2000   # evaluation keeps no activations, so big batches are cheap
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-def run_script(main: Callable[[], None], problems: tuple[type[Exception], ...]) -> None:
-    """Run a script's ``main``. A person's mistake (one of ``problems``) ends in one line,
-    ``error: ...``, and status 1; a reader that stops early (``python test.py | head``) ends it
-    with status 1 and no traceback, as other command-line tools do."""
-    try:
-        main()
-        sys.stdout.flush()    # a closed pipe must show here, not at interpreter exit
-    except problems as e:
-        sys.exit(f"error: {e}")
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush goes there
-        sys.exit(1)
-
-
-def ranged(kind, low=None, high=None, low_open=False, high_open=False):
-    """An argparse type: ``kind`` (int or float) within [low, high], ends open where asked."""
-    def check(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
-        if (low is not None and (value < low or (low_open and value == low))) or \
-                (high is not None and (value > high or (high_open and value == high))):
-            lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-            hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-            raise argparse.ArgumentTypeError(f"must be {' and '.join(filter(None, [lo, hi]))}, "
-                                             f"got {text}")
-        return value
-    return check
-
-
 class DeviceError(Exception):
     """The requested device is not available on this machine."""
-
-
-class CheckpointError(Exception):
-    """A checkpoint is missing, unreadable, unsafe or for another model; the message says which."""
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -75,6 +30,14 @@ def pick_device(name: str = "auto") -> torch.device:
         raise DeviceError(f"device {name!r} is not available on this machine: "
                           f"use --device auto or --device cpu")
     return torch.device(name)
+
+
+def new_model(device: torch.device, num_classes: int = 10) -> LeNet5:
+    """A freshly initialized LeNet-5 on ``device``.
+
+    channels_last: the CPU convolutions (oneDNN) ran 1.3-1.5x faster per step in this layout.
+    """
+    return LeNet5(num_classes).to(device, memory_format=torch.channels_last)
 
 
 @dataclass
@@ -108,9 +71,9 @@ class EMA:
     """An exponential moving average of a model's weights, updated after every optimizer step.
 
     The average smooths out the noise of the last steps: it is the model that gets validated,
-    saved and tested (README: the recipe). Early on the decay is lowered to
-    (1 + n) / (10 + n) after n updates, so that short runs are not held near the random start.
-    One fused ``lerp`` per step, no host sync.
+    saved and tested (docs/experiments.md, "The default recipe"). Early on the decay is lowered
+    to (1 + n) / (10 + n) after n updates, so that short runs are not held near the random
+    start. One fused ``lerp`` per step, no host sync.
     """
 
     def __init__(self, model: nn.Module, decay: float, updates: int = 0):
@@ -148,10 +111,10 @@ class _GraphedStep:
     once as a CUDA graph and then replayed for every batch of that size.
 
     LeNet-5's kernels last microseconds on a GPU, so launching them one by one from Python is
-    most of a step (README: CUDA graphs). The optimizer step stays outside the graph: the fused
-    optimizers are one launch, and learning-rate schedules keep working unchanged. The graph
-    writes the gradients into the same tensors every replay (they are the parameters' ``.grad``),
-    so no ``zero_grad`` is needed between replays.
+    most of a step (docs/speed.md, "CUDA graphs"). The optimizer step stays outside the graph:
+    the fused optimizers are one launch, and learning-rate schedules keep working unchanged. The
+    graph writes the gradients into the same tensors every replay (they are the parameters'
+    ``.grad``), so no ``zero_grad`` is needed between replays.
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -248,75 +211,3 @@ def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     probabilities = model(x).softmax(1)
     model.train(was_training)
     return probabilities
-
-
-def save_checkpoint(path: str | Path, checkpoint: dict) -> None:
-    """Write ``checkpoint`` atomically; on failure the previous file stays whole."""
-    buffer = io.BytesIO()   # serialized first, so a write error surfaces as a plain OSError
-    torch.save(checkpoint, buffer)
-    try:
-        write_atomic(path, lambda f: f.write(buffer.getbuffer()))
-    except OSError as e:
-        raise CheckpointError(f"could not write {path} ({e.strerror or e}); "
-                              f"the previous version, if any, is kept") from None
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint safely (``weights_only=True``) into CPU memory.
-
-    Loading moves the weights to the model's device and the optimizer state to its parameters'
-    device, while random-number-generator states must stay CPU byte tensors: so nothing is
-    mapped to the GPU here.
-
-    Returns the project's checkpoint dictionary. A bare ``state_dict`` from the tutorial code is
-    wrapped in the same shape; that code trained on unnormalized [0, 1] pixels (mean 0, std 1).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}: train one first with `python train.py`")
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file: pass a checkpoint file with --checkpoint")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path} is empty (an interrupted copy?): train again or restore it")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")    # old-format files warn before failing
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        unsafe = re.search(r"GLOBAL (\S+)", str(e))
-        if unsafe:
-            raise CheckpointError(f"refused to load {path}: it refers to Python code "
-                                  f"({unsafe[1]}) that loading would run; only tensors and "
-                                  f"plain values are accepted") from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
-                              f"(not a weights-only file)") from None
-    except Exception:  # torch.load reports bad files as RuntimeError, EOFError, KeyError, ...
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
-                              f"(truncated, damaged or another kind of file)") from None
-    if isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT:
-        return checkpoint
-    if isinstance(checkpoint, dict) and checkpoint and all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint.items()):
-        return {"format": CHECKPOINT_FORMAT, "model": checkpoint, "mean": 0.0, "std": 1.0,
-                "classes": [str(d) for d in range(10)], "source": "state_dict"}
-    raise CheckpointError(f"{path} is not a LeNet-5 checkpoint (no model weights found)")
-
-
-def new_model(device: torch.device, num_classes: int = 10) -> LeNet5:
-    """A freshly initialized LeNet-5 on ``device``.
-
-    channels_last: the CPU convolutions (oneDNN) ran 1.3-1.5x faster per step in this layout.
-    """
-    return LeNet5(num_classes).to(device, memory_format=torch.channels_last)
-
-
-def model_from_checkpoint(checkpoint: dict, device: torch.device, path: str | Path) -> LeNet5:
-    """A LeNet-5 on ``device`` holding the checkpoint's weights, in eval mode."""
-    model = new_model(device, num_classes=len(checkpoint["classes"]))
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as e:
-        first = str(e).splitlines()[1].strip() if "\n" in str(e) else str(e)
-        raise CheckpointError(f"{path} holds weights of another model ({first.rstrip('.')})"
-                              ) from None
-    return model.eval()

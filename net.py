@@ -8,8 +8,8 @@ class WholeMapConv2d(nn.Conv2d):
     """A convolution whose kernels cover the whole input map, as LeNet-5's C5 does (5x5 kernels on
     5x5 maps). Each output is then one dot product with the whole input, which the paper notes
     amounts to a full connection; this computes it as that matrix product, which ran a training
-    step 11-13 % faster than the convolution on the CPU (README: On the CPU). The weights and
-    their shape are the convolution's, and so are the results, to rounding.
+    step 11-13 % faster than the convolution on the CPU (docs/speed.md, "On the CPU"). The
+    weights and their shape are the convolution's, and so are the results, to rounding.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

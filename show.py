@@ -5,6 +5,11 @@
     python show.py --errors               # the test images it gets wrong, most confident first
     python show.py --image my_digit.jpg   # your own handwriting (files or folders)
 """
+import cli
+
+if __name__ == "__main__":    # importing torch takes seconds: a stop during it ends quietly too
+    cli.stop_quietly_while_starting()
+
 import argparse
 import os
 import subprocess
@@ -18,6 +23,7 @@ import engine
 import handwriting
 import mnist
 from atomic import write_atomic
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 ZOOM = 4                   # each 28x28 digit is drawn 112x112
 DIGIT_PX = mnist.SIDE * ZOOM    # side of one drawn digit
@@ -33,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="checkpoint to use (default: %(default)s)")
     parser.add_argument("--start", type=int, default=0,
                         help="index of the first test image (default: %(default)s)")
-    parser.add_argument("--count", type=engine.ranged(int, 1), default=10,
+    parser.add_argument("--count", type=cli.ranged(int, 1), default=10,
                         help="how many images (default: %(default)s)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--random", action="store_true",
@@ -193,8 +199,8 @@ def show_own_images(args, model, checkpoint, device, font
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = engine.pick_device(args.device)
-    checkpoint = engine.load_checkpoint(args.checkpoint)
-    model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(checkpoint, device, args.checkpoint)
     font = ImageFont.load_default(size=CAPTION_SIZE)
     show = show_own_images if args.image else show_test_images
     tiles, lines = show(args, model, checkpoint, device, font)
@@ -213,4 +219,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    engine.run_script(main, (mnist.DataError, engine.CheckpointError, engine.DeviceError))
+    cli.run_script(main, (mnist.DataError, CheckpointError, engine.DeviceError))

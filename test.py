@@ -3,12 +3,18 @@
     python test.py                                # save_model/best_model.pth
     python test.py --checkpoint other.pth --json  # any checkpoint, machine-readable
 """
+import cli
+
+if __name__ == "__main__":    # importing torch takes seconds: a stop during it ends quietly too
+    cli.stop_quietly_while_starting()
+
 import argparse
 import json
 
 import engine
 import mnist
 import plots
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,8 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def report(args: argparse.Namespace) -> dict:
     device = engine.pick_device(args.device)
-    checkpoint = engine.load_checkpoint(args.checkpoint)
-    model = engine.model_from_checkpoint(checkpoint, device, args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(checkpoint, device, args.checkpoint)
     images, labels = mnist.load(args.data_dir, "test")
     # Evaluate with the normalization the checkpoint was trained with (none for the tutorial's).
     batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
@@ -88,4 +94,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    engine.run_script(main, (mnist.DataError, engine.CheckpointError, engine.DeviceError))
+    cli.run_script(main, (mnist.DataError, CheckpointError, engine.DeviceError))

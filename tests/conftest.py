@@ -1,4 +1,8 @@
-"""Shared test helpers: run the scripts the way a person does, and one small trained model."""
+"""Shared test helpers: the scripts' ``main`` called in process as a person's command line
+would call it, the scripts as real processes where only a process shows the behaviour, and
+the trained runs that several tests share."""
+import contextlib
+import io
 import os
 import shutil
 import subprocess
@@ -10,14 +14,41 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import cli  # noqa: E402 (after the path above)
+import engine  # noqa: E402
+import mnist  # noqa: E402
+from checkpoint import CheckpointError  # noqa: E402
+
 # A smoke run: small enough for seconds on 2 cores, big enough to learn something real.
 SMOKE = ["--subset", "3000", "--epochs", "2", "--batch-size", "64"]
+# The mistakes each script turns into one line (as its ``if __name__ == "__main__"`` does).
+PROBLEMS = (mnist.DataError, CheckpointError, engine.DeviceError)
 
 
 def run(script: str, *args, cwd=ROOT, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    """``python script args...`` as a person would type it, output captured as text."""
+    """``python script args...`` as a real process, output captured as text."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def run_main(module, *args, cwd=ROOT) -> subprocess.CompletedProcess:
+    """``module.main(args)`` in this process, ended the way the script ends: the same exit
+    status, the same output on stdout and stderr, without starting Python and torch again."""
+    out, err = io.StringIO(), io.StringIO()
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            cli.run_script(lambda: module.main([str(a) for a in args]), PROBLEMS)
+        code = 0
+    except SystemExit as e:   # what the interpreter does with sys.exit's argument
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")
+    finally:
+        os.chdir(before)
+    return subprocess.CompletedProcess([module.__name__, *args], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str,
@@ -32,13 +63,25 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str,
         assert fragment in message, (fragment, message)
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: slow by nature (compilation); "
+                                       "-m 'not slow' leaves it out")
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """A save folder after one smoke run of train.py (shared by the test.py and show.py tests)."""
+def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One smoke run of train.py: its save folder and what it printed."""
+    import train
     save_dir = tmp_path_factory.mktemp("trained")
-    result = run("train.py", *SMOKE, "--save-dir", save_dir)
+    result = run_main(train, *SMOKE, "--save-dir", save_dir)
     assert result.returncode == 0, result.stderr
-    return save_dir
+    return save_dir, result
+
+
+@pytest.fixture(scope="session")
+def trained(smoke_run) -> Path:
+    """The save folder of the smoke run (shared by the train, test and show tests)."""
+    return smoke_run[0]
 
 
 @pytest.fixture

@@ -4,14 +4,21 @@ import pytest
 import torch
 
 import bench
-from conftest import assert_one_line_error, run
+import train
+from conftest import assert_one_line_error, run, run_main
 from net import LeNet5
 
 
-def test_quick_bench_runs_every_part_and_reports_consistent_figures():
-    result = run("bench.py", "--quick", "--json")
+@pytest.fixture(scope="module")
+def quick() -> dict:
+    """One quick run of every part of the benchmark, as JSON."""
+    result = run_main(bench, "--quick", "--json")
     assert result.returncode == 0, result.stderr
-    r = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_quick_bench_runs_every_part_and_reports_consistent_figures(quick):
+    r = quick
     speed = r["article_settings"]
     assert speed["article_images_per_s"] > 0 and speed["ours_images_per_s"] > 0
     assert speed["speedup"] == pytest.approx(speed["ours_images_per_s"]
@@ -25,12 +32,15 @@ def test_quick_bench_runs_every_part_and_reports_consistent_figures():
     assert r["machine"]["quick"] is True
 
 
-def test_quick_bench_table():
-    result = run("bench.py", "--quick")
-    assert result.returncode == 0, result.stderr
+def test_quick_bench_table(quick, capsys):
+    bench.report(quick)
+    out = capsys.readouterr().out
     for heading in ("1. article's settings", "2. training time until test accuracy >= 99%",
                     "3. train.py defaults", "speed-up"):
-        assert heading in result.stdout
+        assert heading in out
+    speed = quick["article_settings"]
+    assert f"speed-up {speed['speedup']:.2f}x" in out
+    assert f"{speed['ours_images_per_s']:>9,.0f}" in out
 
 
 def test_race_stops_at_the_first_epoch_on_target_and_counts_only_training_time():
@@ -54,7 +64,11 @@ def test_race_results_read_as_english():
     (["--rounds", "many"], "argument --rounds: expected int, got 'many'"),
 ])
 def test_impossible_values_are_refused(args, message):
-    assert_one_line_error(run("bench.py", *args), message, code=2)
+    assert_one_line_error(run_main(bench, *args), message, code=2)
+
+
+def test_a_mistake_ends_the_real_process_in_one_line():
+    assert_one_line_error(run("bench.py", "--device", "tpu"), "invalid choice: 'tpu'", code=2)
 
 
 def test_the_article_side_is_net_py_model_in_stock_modules():
@@ -68,3 +82,11 @@ def test_the_article_side_is_net_py_model_in_stock_modules():
         assert torch.equal(value, tutorial.state_dict()[name]), name
     x = torch.randn(4, 1, 28, 28)
     assert torch.allclose(ours(x), tutorial(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_printed_train_py_flags_are_the_raced_recipe(device):
+    recipe = bench.fast_recipe(torch.device(device))
+    args = train.parse_args(bench.train_flags(recipe).split())
+    assert {name: getattr(args, name) for name in recipe} == recipe
+    assert args.val_size == 0 and args.optimizer == "adamw" and args.scheduler == "onecycle"

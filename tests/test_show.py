@@ -3,7 +3,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from conftest import ROOT, assert_one_line_error, run
+import show
+from conftest import ROOT, assert_one_line_error, run_main
 
 LINE = re.compile(r"\s*(\d+)\s+(\d)\s+(\d)\s+(\d+\.\d\d)%\s+(right|WRONG)$")
 
@@ -14,7 +15,7 @@ def prediction_lines(stdout):
 
 def test_first_ten_predictions_and_a_valid_png(trained, tmp_path):
     out = tmp_path / "pictures" / "predictions.png"
-    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--out", out)
+    result = run_main(show, "--checkpoint", trained / "best_model.pth", "--out", out)
     assert result.returncode == 0, result.stderr
     lines = prediction_lines(result.stdout)
     assert [int(m[1]) for m in lines] == list(range(10))
@@ -30,8 +31,8 @@ def test_first_ten_predictions_and_a_valid_png(trained, tmp_path):
 
 def test_wrong_predictions_are_marked_red(trained, tmp_path):
     out = tmp_path / "p.png"
-    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--count", "40",
-                 "--out", out)
+    result = run_main(show, "--checkpoint", trained / "best_model.pth", "--count", "40",
+                      "--out", out)
     assert result.returncode == 0, result.stderr
     wrong = sum(m[5] == "WRONG" for m in prediction_lines(result.stdout))
     rgb = np.asarray(Image.open(out).convert("RGB")).astype(int)
@@ -41,12 +42,12 @@ def test_wrong_predictions_are_marked_red(trained, tmp_path):
 
 def test_start_count_and_random(trained, tmp_path):
     checkpoint = trained / "best_model.pth"
-    result = run("show.py", "--checkpoint", checkpoint, "--start", "9995", "--count", "3",
-                 "--out", tmp_path / "a.png")
+    result = run_main(show, "--checkpoint", checkpoint, "--start", "9995", "--count", "3",
+                      "--out", tmp_path / "a.png")
     assert [int(m[1]) for m in prediction_lines(result.stdout)] == [9995, 9996, 9997]
-    picks = [prediction_lines(run("show.py", "--checkpoint", checkpoint, "--random",
-                                  "--count", "5", "--seed", "7",
-                                  "--out", tmp_path / "b.png").stdout) for _ in range(2)]
+    picks = [prediction_lines(run_main(show, "--checkpoint", checkpoint, "--random",
+                                       "--count", "5", "--seed", "7",
+                                       "--out", tmp_path / "b.png").stdout) for _ in range(2)]
     indices = [[int(m[1]) for m in p] for p in picks]
     assert indices[0] == indices[1] and len(set(indices[0])) == 5
     assert indices[0] != list(range(5))
@@ -58,15 +59,16 @@ def test_shown_predictions_are_the_models_own(trained, tmp_path):
 
     import engine
     import mnist
-    checkpoint = engine.load_checkpoint(trained / "best_model.pth")
-    model = engine.model_from_checkpoint(checkpoint, torch.device("cpu"), "best_model.pth")
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    checkpoint = load_checkpoint(trained / "best_model.pth")
+    model = model_from_checkpoint(checkpoint, torch.device("cpu"), "best_model.pth")
     images, labels = mnist.load(ROOT / "data", "test")
     batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, torch.device("cpu"),
                             mean=checkpoint["mean"], std=checkpoint["std"])
     confidence, predicted = torch.cat([engine.predict(model, x) for x, _ in batches]).max(1)
     for request, count in ((["--start", "37"], 12), (["--random", "--seed", "3"], 9)):
-        result = run("show.py", "--checkpoint", trained / "best_model.pth", *request,
-                     "--count", count, "--out", tmp_path / "p.png")
+        result = run_main(show, "--checkpoint", trained / "best_model.pth", *request,
+                          "--count", count, "--out", tmp_path / "p.png")
         assert result.returncode == 0, result.stderr
         lines = prediction_lines(result.stdout)
         assert len(lines) == count
@@ -78,20 +80,20 @@ def test_shown_predictions_are_the_models_own(trained, tmp_path):
 
 def test_bad_requests_are_one_line(trained, tmp_path):
     checkpoint = trained / "best_model.pth"
-    assert_one_line_error(run("show.py", "--checkpoint", checkpoint, "--start", "10000"),
+    assert_one_line_error(run_main(show, "--checkpoint", checkpoint, "--start", "10000"),
                           "--start must be between 0 and 9999")
-    assert_one_line_error(run("show.py", "--checkpoint", checkpoint, "--count", "0"),
+    assert_one_line_error(run_main(show, "--checkpoint", checkpoint, "--count", "0"),
                           "must be >= 1", code=2)
-    assert_one_line_error(run("show.py", "--checkpoint", checkpoint, "--out", tmp_path / "x"),
+    assert_one_line_error(run_main(show, "--checkpoint", checkpoint, "--out", tmp_path / "x"),
                           "give the picture a file type", code=2)
-    assert_one_line_error(run("show.py", "--checkpoint", tmp_path / "none.pth"),
+    assert_one_line_error(run_main(show, "--checkpoint", tmp_path / "none.pth"),
                           "python train.py")
 
 
 def test_errors_lists_only_mistakes_most_confident_first(trained, tmp_path):
     out = tmp_path / "errors.png"
-    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--errors",
-                 "--count", "15", "--out", out)
+    result = run_main(show, "--checkpoint", trained / "best_model.pth", "--errors",
+                      "--count", "15", "--out", out)
     assert result.returncode == 0, result.stderr
     lines = prediction_lines(result.stdout)
     assert len(lines) == 15 and all(m[5] == "WRONG" and m[2] != m[3] for m in lines)
@@ -112,8 +114,8 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
     (folder / "broken.png").write_text("not a picture")
     Image.new("L", (80, 80), 230).save(folder / "blank.png")
     out = tmp_path / "own.png"
-    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--image", folder,
-                 tmp_path / "missing.jpg", "--out", out)
+    result = run_main(show, "--checkpoint", trained / "best_model.pth", "--image", folder,
+                      tmp_path / "missing.jpg", "--out", out)
     assert result.returncode == 0, result.stderr
     answers = dict(re.findall(r"(\S+\.(?:jpg|png)): (\d)  \(top 3: ", result.stdout))
     assert set(answers) == {str(folder / "seven.jpg"), str(folder / "one.png")}
@@ -129,8 +131,8 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
 
 def test_own_pictures_none_readable(trained, tmp_path):
     (tmp_path / "empty").mkdir()
-    result = run("show.py", "--checkpoint", trained / "best_model.pth", "--image",
-                 tmp_path / "empty", "--out", tmp_path / "x.png")
+    result = run_main(show, "--checkpoint", trained / "best_model.pth", "--image",
+                      tmp_path / "empty", "--out", tmp_path / "x.png")
     assert_one_line_error(result, "none of the pictures could be read")
     assert "no pictures in this folder" in result.stderr
 
@@ -141,7 +143,7 @@ def test_each_mode_has_its_own_default_picture(trained, tmp_path):
     common = ["--checkpoint", trained / "best_model.pth", "--data-dir", ROOT / "data"]
     for mode, name in (([], "predictions.png"), (["--errors"], "errors.png"),
                        (["--image", tmp_path / "seven.jpg"], "own.png")):
-        result = run("show.py", *common, *mode, cwd=tmp_path)
+        result = run_main(show, *common, *mode, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert f"picture written to save_model/{name}" in result.stdout
     assert sorted(p.name for p in (tmp_path / "save_model").iterdir()) == \

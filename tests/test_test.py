@@ -11,18 +11,19 @@ from torchvision import datasets, transforms
 
 import engine
 import mnist
-from conftest import ROOT, SMOKE, assert_one_line_error, run
+import test
+from conftest import ROOT, SMOKE, assert_one_line_error, run_main
 from net import LeNet5
 
 
 def test_report_table_and_json_agree_with_the_checkpoint(trained, tmp_path):
     checkpoint = trained / "best_model.pth"
-    table = run("test.py", "--checkpoint", checkpoint, "--confusion", tmp_path / "c.png")
+    table = run_main(test, "--checkpoint", checkpoint, "--confusion", tmp_path / "c.png")
     assert table.returncode == 0, table.stderr
     with Image.open(tmp_path / "c.png") as picture:
         assert picture.format == "PNG" and picture.width > 600
-    report = json.loads(run("test.py", "--checkpoint", checkpoint, "--json",
-                            "--confusion", tmp_path / "c.png").stdout)
+    report = json.loads(run_main(test, "--checkpoint", checkpoint, "--json",
+                                 "--confusion", tmp_path / "c.png").stdout)
     confusion = report["confusion"]
     assert len(confusion) == 10 and all(len(row) == 10 for row in confusion)
     assert sum(map(sum, confusion)) == report["total"] == 10_000
@@ -62,7 +63,7 @@ def test_tutorial_state_dict_scores_what_it_scored_in_the_tutorial(tmp_path):
     path = tmp_path / "tutorial_model.pth"
     torch.save(model.state_dict(), path)
     correct = tutorial_test_accuracy(model)
-    result = run("test.py", "--checkpoint", path, "--json", "--confusion", tmp_path / "c.png")
+    result = run_main(test, "--checkpoint", path, "--json", "--confusion", tmp_path / "c.png")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["total"] - report["errors"] == correct
@@ -70,7 +71,7 @@ def test_tutorial_state_dict_scores_what_it_scored_in_the_tutorial(tmp_path):
 
 
 def test_missing_checkpoint_says_to_train_first(tmp_path):
-    result = run("test.py", "--checkpoint", tmp_path / "best_model.pth")
+    result = run_main(test, "--checkpoint", tmp_path / "best_model.pth")
     assert_one_line_error(result, "no checkpoint at", "python train.py")
 
 
@@ -81,25 +82,25 @@ def test_missing_checkpoint_says_to_train_first(tmp_path):
 def test_file_that_is_not_a_checkpoint(tmp_path, content, message):
     path = tmp_path / "notes.pth"
     path.write_bytes(content)
-    assert_one_line_error(run("test.py", "--checkpoint", path), message, str(path))
+    assert_one_line_error(run_main(test, "--checkpoint", path), message, str(path))
 
 
 def test_checkpoint_of_another_model(tmp_path):
     path = tmp_path / "mlp.pth"
     torch.save(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)).state_dict(),
                path)
-    assert_one_line_error(run("test.py", "--checkpoint", path), "weights of another model")
+    assert_one_line_error(run_main(test, "--checkpoint", path), "weights of another model")
 
 
 def test_damaged_data(trained, data_copy):
     archive = data_copy / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
     archive.write_bytes(b"garbage")
-    result = run("test.py", "--checkpoint", trained / "best_model.pth", "--data-dir", data_copy)
+    result = run_main(test, "--checkpoint", trained / "best_model.pth", "--data-dir", data_copy)
     assert_one_line_error(result, "t10k-images-idx3-ubyte.gz is damaged")
 
 
 def test_unknown_device(trained):
-    result = run("test.py", "--checkpoint", trained / "best_model.pth", "--device", "gpu")
+    result = run_main(test, "--checkpoint", trained / "best_model.pth", "--device", "gpu")
     assert_one_line_error(result, "invalid choice: 'gpu'", code=2)
 
 

@@ -1,0 +1,48 @@
+"""The scripts' command-line plumbing: imports change nothing, stops end in one line."""
+import importlib
+import signal
+
+import pytest
+
+import bench
+import cli
+import show
+import test
+import train
+from conftest import run_main
+
+STOPS = (signal.SIGINT, signal.SIGTERM)
+
+
+def handlers():
+    return [signal.getsignal(s) for s in STOPS]
+
+
+@pytest.mark.parametrize("script", [train, test, show, bench])
+def test_importing_a_script_changes_no_signal_handler(script):
+    before = handlers()
+    importlib.reload(script)          # runs the module's top level again, as an import does
+    assert handlers() == before
+
+
+def test_stops_raise_interrupted_only_inside_the_block():
+    before = handlers()
+    with pytest.raises(cli.Interrupted) as stop:
+        with cli.stops_raise_interrupted():
+            assert handlers() != before
+            signal.raise_signal(signal.SIGTERM)
+    assert stop.value.signum == signal.SIGTERM and str(stop.value) == "SIGTERM"
+    assert handlers() == before
+
+
+def test_ctrl_c_in_a_script_is_one_line_and_status_130():
+    class Stopped:
+        __name__ = "stopped"
+
+        @staticmethod
+        def main(argv):
+            raise KeyboardInterrupt
+
+    result = run_main(Stopped)
+    assert result.returncode == 130
+    assert result.stderr == "stopped by SIGINT\n"
