@@ -64,24 +64,27 @@ HYPERPARAMETERS = {
     "lr": (LR, "(peak) learning rate", dict(type=ranged(float, 0, low_open=True))),
     "momentum": (MOMENTUM, "SGD momentum", dict(type=ranged(float, 0, 1, high_open=True))),
     "weight_decay": (WEIGHT_DECAY, "weight decay", dict(type=ranged(float, 0))),
-    "scheduler": (SCHEDULER, "learning-rate schedule",
-                  dict(choices=["onecycle", "step", "none"])),
+    "scheduler": (SCHEDULER, "learning-rate schedule: onecycle is stepped every batch, step "
+                             "every epoch", dict(choices=["onecycle", "step", "none"])),
     "step_size": (STEP_SIZE, "StepLR: epochs between drops", dict(type=ranged(int, 1))),
     "gamma": (GAMMA, "StepLR: drop factor", dict(type=ranged(float, 0, 1, low_open=True))),
-    "augment": (AUGMENT, "random affine augmentation of training images",
+    "augment": (AUGMENT, "random rotation, scale, shear and shift, drawn for each training image",
                 dict(action=argparse.BooleanOptionalAction)),
-    "augment_strength": (AUGMENT_STRENGTH, "scale of the augmentation's ranges",
+    "augment_strength": (AUGMENT_STRENGTH, "scales every range of the augmentation (1: up to 15 "
+                                           "deg rotation, 0.15 zoom, 10 deg shear, 3 px shift)",
                          dict(type=ranged(float, 0, 2, low_open=True))),
     "label_smoothing": (LABEL_SMOOTHING, "label smoothing of the training loss",
                         dict(type=ranged(float, 0, 1, high_open=True))),
     "ema_decay": (EMA_DECAY, "decay of the weight average that is validated and saved "
                              "(0: the trained weights themselves)",
                   dict(type=ranged(float, 0, 1, high_open=True))),
-    "val_size": (VAL_SIZE, "training images held out for validation",
+    "val_size": (VAL_SIZE, "training images held out to pick the best epoch (0: keep the last)",
                  dict(type=ranged(int, 0, mnist.TRAIN_SIZE - 1))),
     "seed": (SEED, "random seed", dict(type=ranged(int, 0))),
-    "amp": (AMP, "bfloat16 autocast", dict(action=argparse.BooleanOptionalAction)),
-    "compile": (COMPILE, "torch.compile the model", dict(action=argparse.BooleanOptionalAction)),
+    "amp": (AMP, "bfloat16 autocast (meant for GPUs)",
+            dict(action=argparse.BooleanOptionalAction)),
+    "compile": (COMPILE, "torch.compile the model (replaces the CUDA graph on a GPU)",
+                dict(action=argparse.BooleanOptionalAction)),
     "subset": (None, "train on the first N training images only (smoke runs); the validation "
                      "split shrinks in proportion",
                dict(type=ranged(int, 1, mnist.TRAIN_SIZE), metavar="N")),
@@ -95,7 +98,8 @@ def make_parser() -> argparse.ArgumentParser:
         # None marks "not given", which --resume needs to tell conflicting flags apart
         parser.add_argument("--" + name.replace("_", "-"), default=None, help=shown, **options)
     parser.add_argument("--device", default=DEVICE, choices=engine.DEVICES,
-                        help=f"where to train (default: {DEVICE})")
+                        help=f"where to train; auto takes CUDA, then Apple MPS, then the CPU "
+                             f"(default: {DEVICE})")
     parser.add_argument("--data-dir", default=DATA_DIR, help=f"MNIST folder (default: {DATA_DIR})")
     parser.add_argument("--save-dir", default=SAVE_DIR,
                         help=f"output folder (default: {SAVE_DIR})")
