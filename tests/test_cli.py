@@ -1,6 +1,9 @@
 """The scripts' command-line plumbing: imports change nothing, stops end in one line."""
 import importlib
 import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -9,7 +12,7 @@ import cli
 import show
 import test
 import train
-from conftest import run_main
+from conftest import ROOT, run_main
 
 STOPS = (signal.SIGINT, signal.SIGTERM)
 
@@ -46,3 +49,16 @@ def test_ctrl_c_in_a_script_is_one_line_and_status_130():
     result = run_main(Stopped)
     assert result.returncode == 130
     assert result.stderr == "stopped by SIGINT\n"
+
+
+@pytest.mark.parametrize("script", ["test.py", "show.py", "bench.py"])
+def test_ctrl_c_while_a_script_starts_is_quiet(script):
+    """Half a second in, the script is loading torch; any later, it is in main: either way a
+    stop is one line and status 130, never a traceback."""
+    process = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.startswith("stopped by SIGINT") and "Traceback" not in err, err
