@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+from torchvision import datasets as torchvision_datasets, transforms
 
+import datasets
 import engine
-import mnist
 import train
 from net import LeNet5, WholeMapConv2d
 
@@ -95,7 +95,7 @@ def timed(work, device: torch.device) -> float:
 
 def article_loader(data_dir: str, batch_size: int = 16) -> DataLoader:
     """The tutorial's pipeline: a PIL image per sample, converted by ToTensor, in a DataLoader."""
-    dataset = datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
+    dataset = torchvision_datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
     return DataLoader(dataset, batch_size=batch_size, shuffle=True)
 
 
@@ -138,8 +138,8 @@ def speed_at_article_settings(args, device, images, labels) -> dict:
     ours_opt = engine.new_optimizer(ours_model, "sgd", lr=1e-3, momentum=0.9)
     loader = article_loader(args.data_dir)
     # This project's training step: one round is one pass over steps x 16 images
-    ours = mnist.Batches(images[:16 * steps], labels[:16 * steps], 16, device, shuffle=True,
-                         generator=torch.Generator(device).manual_seed(0))
+    ours = datasets.Batches(images[:16 * steps], labels[:16 * steps], 16, device, shuffle=True,
+                            generator=torch.Generator(device).manual_seed(0))
 
     def ours_seconds() -> float:
         return timed(lambda: engine.train_one_epoch(ours_model, ours, ours_opt), device)
@@ -177,9 +177,9 @@ def race_ours(args, device, images, labels, test_batches) -> dict:
     ema = engine.EMA(model, recipe["ema_decay"]) if recipe["ema_decay"] else None
     optimizer = engine.new_optimizer(model, "adamw", recipe["lr"],
                                      weight_decay=recipe["weight_decay"])
-    batches = mnist.Batches(images, labels, recipe["batch_size"], device, shuffle=True,
-                            augment=recipe["augment_strength"],
-                            generator=torch.Generator(device).manual_seed(0))
+    batches = datasets.Batches(images, labels, recipe["batch_size"], device, shuffle=True,
+                               augment=recipe["augment_strength"],
+                               generator=torch.Generator(device).manual_seed(0))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=recipe["lr"], epochs=recipe["epochs"], steps_per_epoch=len(batches))
     result = race(
@@ -201,9 +201,9 @@ def race_article(args, device, test_batches) -> dict:
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=10, gamma=0.1)
     loader = article_loader(args.data_dir)
     # The article's test loop saw raw [0, 1] pixels: evaluate on those too.
-    raw_test = mnist.Batches(test_batches.images.squeeze(1).mul(255).round().byte().cpu(),
-                             test_batches.labels.cpu(), engine.EVAL_BATCH_SIZE, device,
-                             mean=0.0, std=1.0)
+    raw_test = datasets.Batches(test_batches.images.squeeze(1).mul(255).round().byte().cpu(),
+                                test_batches.labels.cpu(), engine.EVAL_BATCH_SIZE, device,
+                                mean=0.0, std=1.0)
 
     def train_epoch() -> float:
         seconds = sgd_steps(model, optimizer, loader, steps_per_epoch or len(loader), device)
@@ -214,16 +214,25 @@ def race_article(args, device, test_batches) -> dict:
 
 
 def default_throughput(args, device, images, labels, test_batches) -> dict:
+    """Training (weight average and label smoothing included) and evaluation speed with
+    train.py's default hyperparameters for MNIST."""
+    defaults = train.parse_args([])
     torch.manual_seed(0)
     model = engine.new_model(device)
-    optimizer = engine.new_optimizer(model, train.OPTIMIZER, train.LR, train.MOMENTUM,
-                                     train.WEIGHT_DECAY)
+    ema = engine.EMA(model, defaults.ema_decay) if defaults.ema_decay else None
+    optimizer = engine.new_optimizer(model, defaults.optimizer, defaults.lr, defaults.momentum,
+                                     defaults.weight_decay)
     count = min(len(labels), 25_600)
-    batches = mnist.Batches(images[:count], labels[:count], train.BATCH_SIZE, device,
-                            shuffle=True, augment=train.AUGMENT_STRENGTH * train.AUGMENT,
-                            generator=torch.Generator(device).manual_seed(0))
-    engine.train_one_epoch(model, batches, optimizer)                # warm-up
-    train_seconds = timed(lambda: engine.train_one_epoch(model, batches, optimizer), device)
+    batches = datasets.Batches(images[:count], labels[:count], defaults.batch_size, device,
+                               shuffle=True, augment=defaults.augment_strength * defaults.augment,
+                               generator=torch.Generator(device).manual_seed(0))
+
+    def one_epoch():
+        engine.train_one_epoch(model, batches, optimizer, ema=ema,
+                               label_smoothing=defaults.label_smoothing)
+
+    one_epoch()                                                      # warm-up
+    train_seconds = timed(one_epoch, device)
     engine.evaluate(model, test_batches)
     eval_seconds = timed(lambda: engine.evaluate(model, test_batches), device)
     return {"train_images_per_s": count / train_seconds,
@@ -233,12 +242,12 @@ def default_throughput(args, device, images, labels, test_batches) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = engine.pick_device(args.device)
-    images, labels = mnist.load(args.data_dir, "train")
-    test_images, test_labels = mnist.load(args.data_dir, "test")
+    images, labels = datasets.load(args.data_dir, "train")
+    test_images, test_labels = datasets.load(args.data_dir, "test")
     if args.quick:
         images, labels, test_images, test_labels = (
             images[:3000], labels[:3000], test_images[:1000], test_labels[:1000])
-    test_batches = mnist.Batches(test_images, test_labels, engine.EVAL_BATCH_SIZE, device)
+    test_batches = datasets.Batches(test_images, test_labels, engine.EVAL_BATCH_SIZE, device)
     results = {
         "machine": {"device": torch.cuda.get_device_name() if device.type == "cuda"
                     else cpu_name(),
@@ -287,4 +296,4 @@ def report(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, (mnist.DataError, engine.DeviceError))
+    cli.run_script(main, (datasets.DataError, engine.DeviceError))

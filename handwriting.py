@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-import mnist
+import datasets
 
 WORK_SIZE = 256          # pictures are shrunk to at most this before the analysis
 DIGIT_SIZE = 20          # MNIST's box for the digit's longer side
-CANVAS = mnist.SIDE      # MNIST's image side
+CANVAS = datasets.SIDE      # MNIST's image side
 MIN_CONTRAST = 0.08      # ink this close to the background counts as no ink at all
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 

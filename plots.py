@@ -49,8 +49,9 @@ def training_curves(history: list[dict], path: str | Path) -> None:
 
 
 def confusion_matrix(confusion: list[list[int]], classes: list[str], title: str,
-                     path: str | Path) -> None:
-    """The matrix as a heatmap with counts, beside each class's accuracy."""
+                     path: str | Path, kind: str = "digit") -> None:
+    """The matrix as a heatmap with counts, beside each class's accuracy; ``kind`` names what
+    the classes are on the axes ("digit", "class")."""
     figure = Figure(figsize=(10, 5.2), layout="constrained")
     matrix_axes, class_axes = figure.subplots(1, 2, width_ratios=[1.35, 1])
     n = len(classes)
@@ -66,14 +67,16 @@ def confusion_matrix(confusion: list[list[int]], classes: list[str], title: str,
                                  color="white" if dark else "black",
                                  fontweight="bold" if i == j else "normal")
     matrix_axes.set(xticks=range(n), yticks=range(n), xticklabels=classes, yticklabels=classes,
-                    xlabel="predicted digit", ylabel="true digit",
+                    xlabel=f"predicted {kind}", ylabel=f"true {kind}",
                     title="Confusion matrix (colour: mistakes)")
+    if max(map(len, classes)) > 2:      # names, not digits: tilt them so they do not overlap
+        matrix_axes.tick_params(axis="x", labelrotation=45)
     figure.colorbar(image, ax=matrix_axes, shrink=0.8, label="misclassified images")
     accuracy = [100 * confusion[i][i] / max(sum(confusion[i]), 1) for i in range(n)]
     bars = class_axes.barh(range(n), accuracy, color="tab:blue")
     class_axes.bar_label(bars, labels=[f"{a:.2f}%" for a in accuracy], padding=3, fontsize=8)
     class_axes.set(yticks=range(n), yticklabels=classes, xlabel="accuracy (%)",
-                   ylabel="true digit", title="Per-class accuracy")
+                   ylabel=f"true {kind}", title="Per-class accuracy")
     class_axes.set_xlim(max(min(accuracy) - 2, 0), 100.6)
     class_axes.invert_yaxis()
     class_axes.grid(axis="x", alpha=0.3)

@@ -1,4 +1,5 @@
-"""Show a checkpoint's predictions as text and as one picture.
+"""Show a checkpoint's predictions as text and as one picture (on the test images of the set
+it was trained on, or on your own pictures of digits).
 
     python show.py                        # the first 10 test images
     python show.py --random --count 20    # 20 random ones
@@ -19,21 +20,21 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+import datasets
 import engine
 import handwriting
-import mnist
 from atomic import write_atomic
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 ZOOM = 4                   # each 28x28 digit is drawn 112x112
-DIGIT_PX = mnist.SIDE * ZOOM    # side of one drawn digit
+DIGIT_PX = datasets.SIDE * ZOOM    # side of one drawn digit
 COLUMNS = 10
 CAPTION_SIZE = 15
 RIGHT, WRONG = (40, 40, 40), (210, 30, 30)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Show LeNet-5's predictions on MNIST test "
+    parser = argparse.ArgumentParser(description="Show LeNet-5's predictions on test "
                                                  "images as text and as one PNG.")
     parser.add_argument("--checkpoint", default="save_model/best_model.pth",
                         help="checkpoint to use (default: %(default)s)")
@@ -130,12 +131,12 @@ def open_in_viewer(path: str) -> None:
 def show_test_images(args, model, checkpoint, device, font
                      ) -> tuple[list[Image.Image], list[str]]:
     """The tiles of the chosen test images and the report's lines."""
-    images, labels = mnist.load(args.data_dir, "test")
+    images, labels = datasets.load(args.data_dir, "test", checkpoint.get("dataset", "mnist"))
     # Only --errors has to predict every test image; the other modes predict just theirs.
     indices = torch.arange(len(labels)) if args.errors else pick_indices(args, len(labels))
     images, labels = images[indices], labels[indices]
-    batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
-                            mean=checkpoint["mean"], std=checkpoint["std"])
+    batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
+                               mean=checkpoint["mean"], std=checkpoint["std"])
     probabilities = torch.cat([engine.predict(model, x) for x, _ in batches]).cpu()
     confidence, predicted = probabilities.max(1)
     rows = torch.arange(len(indices))
@@ -146,13 +147,16 @@ def show_test_images(args, model, checkpoint, device, font
         lines.append(f"{len(wrong)} of {len(labels)} test images are misclassified; "
                      f"the {len(rows)} most confident mistakes:")
     classes = checkpoint["classes"]
-    lines.append(f"{'index':>5} {'predicted':>9} {'actual':>6} {'confidence':>10}  result")
+    width = max(map(len, classes))
+    lines.append(f"{'index':>5} {'predicted':>{max(9, width)}} {'actual':>{max(6, width)}} "
+                 f"{'confidence':>10}  result")
     tiles, right = [], 0
     for row in rows.tolist():
         p, guess, truth = float(confidence[row]), int(predicted[row]), int(labels[row])
         index = int(indices[row])
         right += guess == truth
-        lines.append(f"{index:>5} {classes[guess]:>9} {classes[truth]:>6} {p:>10.2%}  "
+        lines.append(f"{index:>5} {classes[guess]:>{max(9, width)}} "
+                     f"{classes[truth]:>{max(6, width)}} {p:>10.2%}  "
                      f"{'right' if guess == truth else 'WRONG'}")
         tiles.append(tile(enlarged(images[row]), [f"pred {classes[guess]} ({p:.0%})",
                                                   f"true {classes[truth]}  #{index}"],
@@ -201,6 +205,10 @@ def main(argv=None) -> None:
     device = engine.pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, device, args.checkpoint)
+    dataset = datasets.DATASETS[checkpoint.get("dataset", "mnist")]
+    if args.image and not dataset.digits:
+        raise SystemExit(f"error: {args.checkpoint} was trained on {dataset.title}; --image "
+                         f"reads handwritten digits, so it needs a model trained on MNIST")
     font = ImageFont.load_default(size=CAPTION_SIZE)
     show = show_own_images if args.image else show_test_images
     tiles, lines = show(args, model, checkpoint, device, font)
@@ -219,4 +227,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, (mnist.DataError, CheckpointError, engine.DeviceError))
+    cli.run_script(main, (datasets.DataError, CheckpointError, engine.DeviceError))

@@ -1,4 +1,4 @@
-"""Report how a checkpoint does on the 10,000 MNIST test images.
+"""Report how a checkpoint does on the 10,000 test images of the set it was trained on.
 
     python test.py                                # save_model/best_model.pth
     python test.py --checkpoint other.pth --json  # any checkpoint, machine-readable
@@ -11,15 +11,15 @@ if __name__ == "__main__":    # importing torch takes seconds: a stop during it 
 import argparse
 import json
 
+import datasets
 import engine
-import mnist
 import plots
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Evaluate a LeNet-5 checkpoint on MNIST's "
-                                                 "test set.")
+    parser = argparse.ArgumentParser(description="Evaluate a LeNet-5 checkpoint on the test "
+                                                 "set of the data it was trained on.")
     parser.add_argument("--checkpoint", default="save_model/best_model.pth",
                         help="checkpoint to evaluate; a plain state_dict of the tutorial code "
                              "works too (default: %(default)s)")
@@ -36,15 +36,17 @@ def report(args: argparse.Namespace) -> dict:
     device = engine.pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, device, args.checkpoint)
-    images, labels = mnist.load(args.data_dir, "test")
+    dataset = checkpoint.get("dataset", "mnist")     # older checkpoints are all MNIST
+    images, labels = datasets.load(args.data_dir, "test", dataset)
     # Evaluate with the normalization the checkpoint was trained with (none for the tutorial's).
-    batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
-                            mean=checkpoint["mean"], std=checkpoint["std"])
+    batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
+                               mean=checkpoint["mean"], std=checkpoint["std"])
     result = engine.evaluate(model, batches)
     confusion = result.confusion.tolist()
     per_class = [row[i] / max(sum(row), 1) for i, row in enumerate(confusion)]
     return {
         "checkpoint": str(args.checkpoint),
+        "dataset": dataset,
         "epoch": checkpoint.get("epoch"),
         "val_accuracy": checkpoint.get("val_accuracy"),
         "loss": result.loss,
@@ -65,15 +67,27 @@ def print_table(r: dict) -> None:
     print(f"accuracy    {r['accuracy']:.2%} ({r['errors']} errors / {r['total']})")
     print()
     classes = list(r["per_class_accuracy"])
-    print(f"{'digit':>5} {'images':>7} {'errors':>7} {'accuracy':>9}")
-    for name, row in zip(classes, r["confusion"]):
-        total, right = sum(row), row[classes.index(name)]
-        print(f"{name:>5} {total:>7} {total - right:>7} {r['per_class_accuracy'][name]:>9.2%}")
+    kind = class_word(r["dataset"])
+    width = max(5, *map(len, classes))
+    print(f"{kind:>{width}} {'images':>7} {'errors':>7} {'accuracy':>9}")
+    for i, (name, row) in enumerate(zip(classes, r["confusion"])):
+        total, right = sum(row), row[i]
+        print(f"{name:>{width}} {total:>7} {total - right:>7} "
+              f"{r['per_class_accuracy'][name]:>9.2%}")
     print()
-    print("confusion matrix (rows: true digit, columns: predicted digit)")
-    print("      " + "".join(f"{name:>6}" for name in classes))
-    for name, row in zip(classes, r["confusion"]):
-        print(f"{name:>6}" + "".join(f"{count:>6}" for count in row))
+    # Long class names head the rows; the columns take their numbers.
+    short = all(len(name) <= 5 for name in classes)
+    heads = classes if short else [str(i) for i in range(len(classes))]
+    rows = classes if short else [f"{name} {i}" for i, name in enumerate(classes)]
+    width = max(6, *(len(row) + 1 for row in rows))
+    print(f"confusion matrix (rows: true {kind}, columns: predicted {kind})")
+    print(" " * width + "".join(f"{head:>6}" for head in heads))
+    for label, row in zip(rows, r["confusion"]):
+        print(f"{label:>{width}}" + "".join(f"{count:>6}" for count in row))
+
+
+def class_word(dataset: str) -> str:
+    return "digit" if datasets.DATASETS[dataset].digits else "class"
 
 
 def main(argv=None) -> None:
@@ -82,7 +96,8 @@ def main(argv=None) -> None:
     try:
         plots.confusion_matrix(r["confusion"], list(r["per_class_accuracy"]),
                                f"{r['checkpoint']}: test accuracy {r['accuracy']:.2%} "
-                               f"({r['errors']} errors / {r['total']})", args.confusion)
+                               f"({r['errors']} errors / {r['total']})", args.confusion,
+                               kind=class_word(r["dataset"]))
     except OSError as e:
         raise SystemExit(f"error: cannot write {args.confusion} ({e.strerror or e}): "
                          f"pass another --confusion PATH") from None
@@ -94,4 +109,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, (mnist.DataError, CheckpointError, engine.DeviceError))
+    cli.run_script(main, (datasets.DataError, CheckpointError, engine.DeviceError))

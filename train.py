@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+import datasets
 import engine
-import mnist
 import plots
 from atomic import write_atomic
 from checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
@@ -29,6 +29,7 @@ from checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
 from cli import ranged
 
 # ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
+DATASET = "mnist"        # "mnist" (digits), "fashion-mnist" (clothing) or "kmnist" (hiragana)
 EPOCHS = 50              # passes over the training images
 BATCH_SIZE = 64          # images per optimizer step
 OPTIMIZER = "adamw"      # "adamw" or "sgd"
@@ -39,7 +40,10 @@ SCHEDULER = "onecycle"   # "onecycle" (stepped every batch), "step" (every epoch
 STEP_SIZE = 10           # "step": epochs between learning-rate drops
 GAMMA = 0.1              # "step": factor of each drop
 AUGMENT = True           # random rotation, scale, shear and shift of each training image
-AUGMENT_STRENGTH = 1.0   # 1: up to 15 deg, 15 %, 10 deg shear, 3 px; 0.5 halves every range
+# None in the next two: the data set's own (strength 1 and no flips for digits and hiragana;
+# 0.5 and flips for clothing, where a mirrored shoe is a shoe and a mirrored 7 is no digit)
+AUGMENT_STRENGTH = None  # 1: up to 15 deg, 15 %, 10 deg shear, 3 px; 0.5 halves every range
+FLIP = None              # also mirror half of the training images left to right
 LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
 EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
 VAL_SIZE = 5000          # images held out of the 60,000 to pick the best epoch (0: keep the last)
@@ -47,7 +51,7 @@ SEED = 0                 # fixes initialization, split, order and augmentation
 AMP = False              # bfloat16 autocast, meant for GPUs (several times slower on our CPU)
 COMPILE = False          # torch.compile: ~30 s to compile on 2 CPU cores, no clear gain there
 DEVICE = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda" or "mps"
-DATA_DIR = "data"        # holds MNIST/raw/
+DATA_DIR = "data"        # holds MNIST/raw/ (FashionMNIST/raw/, KMNIST/raw/)
 SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 # ---------------------------------------------------------------------------------------------
 
@@ -58,6 +62,7 @@ HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accu
 # flag → (default from the block above, help, argparse options); these make a run's
 # hyperparameters, saved with it and restored by --resume.
 HYPERPARAMETERS = {
+    "dataset": (DATASET, "data set", dict(choices=list(datasets.DATASETS))),
     "epochs": (EPOCHS, "passes over the training images", dict(type=ranged(int, 1))),
     "batch_size": (BATCH_SIZE, "images per optimizer step", dict(type=ranged(int, 1))),
     "optimizer": (OPTIMIZER, "optimizer", dict(choices=["adamw", "sgd"])),
@@ -71,15 +76,19 @@ HYPERPARAMETERS = {
     "augment": (AUGMENT, "random rotation, scale, shear and shift, drawn for each training image",
                 dict(action=argparse.BooleanOptionalAction)),
     "augment_strength": (AUGMENT_STRENGTH, "scales every range of the augmentation (1: up to 15 "
-                                           "deg rotation, 0.15 zoom, 10 deg shear, 3 px shift)",
+                                           "deg rotation, 0.15 zoom, 10 deg shear, 3 px shift; "
+                                           "default: 1 for mnist and kmnist, 0.5 for "
+                                           "fashion-mnist)",
                          dict(type=ranged(float, 0, 2, low_open=True))),
+    "flip": (FLIP, "with --augment, also mirror half of the images left to right (default: on "
+                   "for fashion-mnist only)", dict(action=argparse.BooleanOptionalAction)),
     "label_smoothing": (LABEL_SMOOTHING, "label smoothing of the training loss",
                         dict(type=ranged(float, 0, 1, high_open=True))),
     "ema_decay": (EMA_DECAY, "decay of the weight average that is validated and saved "
                              "(0: the trained weights themselves)",
                   dict(type=ranged(float, 0, 1, high_open=True))),
     "val_size": (VAL_SIZE, "training images held out to pick the best epoch (0: keep the last)",
-                 dict(type=ranged(int, 0, mnist.TRAIN_SIZE - 1))),
+                 dict(type=ranged(int, 0, datasets.TRAIN_SIZE - 1))),
     "seed": (SEED, "random seed", dict(type=ranged(int, 0))),
     "amp": (AMP, "bfloat16 autocast (meant for GPUs)",
             dict(action=argparse.BooleanOptionalAction)),
@@ -87,7 +96,7 @@ HYPERPARAMETERS = {
                 dict(action=argparse.BooleanOptionalAction)),
     "subset": (None, "train on the first N training images only (smoke runs); the validation "
                      "split shrinks in proportion",
-               dict(type=ranged(int, 1, mnist.TRAIN_SIZE), metavar="N")),
+               dict(type=ranged(int, 1, datasets.TRAIN_SIZE), metavar="N")),
 }
 
 
@@ -123,6 +132,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             except argparse.ArgumentTypeError as e:
                 parser.error(f"{name.upper()} = {default!r} at the top of train.py: {e}")
         setattr(args, name, default)
+    dataset = datasets.DATASETS[args.dataset]
+    if args.augment_strength is None:
+        args.augment_strength = dataset.augment_strength
+    if args.flip is None:
+        args.flip = dataset.flip
     return args
 
 
@@ -151,8 +165,9 @@ def resume_state(args: argparse.Namespace, device: torch.device) -> dict:
     if state["device"] != device.type:
         raise cli.UsageError(f"the run was trained on {state['device']}; resume it there "
                              f"with --device {state['device']}")
-    # Runs saved before these settings existed trained without them.
-    saved = {"label_smoothing": 0.0, "ema_decay": 0.0} | state["hparams"]
+    # Runs saved before these settings existed trained MNIST without them.
+    saved = ({"label_smoothing": 0.0, "ema_decay": 0.0, "dataset": "mnist", "flip": False}
+             | state["hparams"])
     for name in sorted(args.given - {"epochs"}):
         if getattr(args, name) != saved[name]:
             raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} conflicts "
@@ -175,22 +190,24 @@ def resume_state(args: argparse.Namespace, device: torch.device) -> dict:
 def make_batches(args, device: torch.device, generator: torch.Generator):
     """Training, validation (None when --val-size is 0) and test batches. Every file is read
     and verified here, before any training starts."""
-    images, labels = mnist.load(args.data_dir, "train")
-    test_images, test_labels = mnist.load(args.data_dir, "test")
+    images, labels = datasets.load(args.data_dir, "train", args.dataset)
+    test_images, test_labels = datasets.load(args.data_dir, "test", args.dataset)
+    mean, std = datasets.normalization(images)    # of all training images, even with --subset
     val_size = args.val_size
     if args.subset is not None:
         images, labels = images[:args.subset], labels[:args.subset]
-        val_size = mnist.scaled_val_size(val_size, args.subset)
+        val_size = datasets.scaled_val_size(val_size, args.subset)
     if val_size >= len(labels):
         raise cli.UsageError(f"--val-size {val_size} leaves no images to train on")
-    train_idx, val_idx = mnist.train_val_split(len(labels), val_size, args.seed)
-    train_batches = mnist.Batches(images[train_idx], labels[train_idx], args.batch_size, device,
-                                  shuffle=True, generator=generator,
-                                  augment=args.augment_strength if args.augment else 0.0)
-    val_batches = (mnist.Batches(images[val_idx], labels[val_idx], engine.EVAL_BATCH_SIZE,
-                                 device) if val_size else None)
-    return train_batches, val_batches, mnist.Batches(test_images, test_labels,
-                                                     engine.EVAL_BATCH_SIZE, device)
+    train_idx, val_idx = datasets.train_val_split(len(labels), val_size, args.seed)
+    train_batches = datasets.Batches(images[train_idx], labels[train_idx], args.batch_size,
+                                     device, mean, std, shuffle=True, generator=generator,
+                                     augment=args.augment_strength if args.augment else 0.0,
+                                     flip=args.augment and args.flip)
+    val_batches = (datasets.Batches(images[val_idx], labels[val_idx], engine.EVAL_BATCH_SIZE,
+                                    device, mean, std) if val_size else None)
+    return train_batches, val_batches, datasets.Batches(test_images, test_labels,
+                                                        engine.EVAL_BATCH_SIZE, device, mean, std)
 
 
 def make_scheduler(optimizer, args, epochs: int, steps_per_epoch: int):
@@ -228,13 +245,15 @@ def restore(state: dict, args, model, ema, optimizer, generator, steps_per_epoch
     return scheduler, per_batch
 
 
-def make_checkpoint(args, judged, epoch: int, val: engine.Result | None) -> dict:
+def make_checkpoint(args, judged, epoch: int, val: engine.Result | None,
+                    batches: datasets.Batches) -> dict:
     """What best_model.pth holds: the judged weights and everything needed to use them."""
     return {
         "format": CHECKPOINT_FORMAT, "model": judged.state_dict(),
         "hparams": {name: getattr(args, name) for name in HYPERPARAMETERS}, "epoch": epoch,
-        "val_accuracy": val.accuracy if val else None,
-        "mean": mnist.MEAN, "std": mnist.STD, "classes": mnist.CLASSES,
+        "val_accuracy": val.accuracy if val else None, "dataset": args.dataset,
+        "mean": batches.mean, "std": batches.std,
+        "classes": list(datasets.DATASETS[args.dataset].classes),
         "torch_version": str(torch.__version__),
     }
 
@@ -327,9 +346,10 @@ def train(args: argparse.Namespace) -> None:
         write_history(save_dir / "history.csv", history)
         print(f"resuming {save_dir}/last.pth after epoch {done} of {args.epochs}")
 
-    print(f"training LeNet-5 on {len(train_batches.labels):,} images (validation "
+    print(f"training LeNet-5 on {len(train_batches.labels):,} "
+          f"{datasets.DATASETS[args.dataset].title} images (validation "
           f"{len(val_batches.labels) if val_batches else 0:,}) on {device.type} for "
-          f"{args.epochs} epochs")
+          f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}")
     print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "
           f"{'lr':>8} {'time':>6} {'img/s':>7}")
     kept = what_a_stop_keeps(args, save_dir, done)
@@ -350,7 +370,7 @@ def train(args: argparse.Namespace) -> None:
             val = engine.evaluate(judged, val_batches, amp=args.amp) if val_batches else None
             seconds = time.perf_counter() - start
 
-            checkpoint = make_checkpoint(args, judged, epoch, val)
+            checkpoint = make_checkpoint(args, judged, epoch, val, train_batches)
             improved = (val.accuracy > best_val) if val else epoch == args.epochs
             if improved:
                 best_val = val.accuracy if val else best_val
@@ -378,4 +398,4 @@ def train(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, (mnist.DataError, CheckpointError, engine.DeviceError))
+    cli.run_script(main, (datasets.DataError, CheckpointError, engine.DeviceError))

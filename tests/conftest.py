@@ -2,27 +2,32 @@
 would call it, the scripts as real processes where only a process shows the behaviour, and
 the trained runs that several tests share."""
 import contextlib
+import dataclasses
+import gzip
+import hashlib
 import io
 import os
+import struct
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import cli  # noqa: E402 (after the path above)
 import engine  # noqa: E402
-import mnist  # noqa: E402
+import datasets  # noqa: E402
 from checkpoint import CheckpointError  # noqa: E402
 
 # A smoke run: small enough for seconds on 2 cores, big enough to learn something real.
 SMOKE = ["--subset", "3000", "--epochs", "2", "--batch-size", "64"]
 # The mistakes each script turns into one line (as its ``if __name__ == "__main__"`` does).
-PROBLEMS = (mnist.DataError, CheckpointError, engine.DeviceError)
+PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 
 
 def run(script: str, *args, cwd=ROOT, timeout=300, **kwargs) -> subprocess.CompletedProcess:
@@ -93,3 +98,63 @@ def data_copy(tmp_path) -> Path:
         shutil.copy(archive, raw / archive.name)
         os.chmod(raw / archive.name, 0o644)
     return tmp_path / "data"
+
+
+def write_small_set(root: Path, name: str, train: int = 300, test: int = 100
+                    ) -> datasets.Dataset:
+    """A small learnable set (each class a bright bar in a place of its own, over noise) in
+    the layout of data set ``name`` under ``root``, as .gz archives; returns the set's spec
+    with these files' sizes and checksums, which ``datasets.DATASETS`` must hold to accept
+    them (the published checksums are kept for the archives or the files, as for the set)."""
+    spec = datasets.DATASETS[name]
+    raw = root / spec.folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(len(name))
+    files = {}
+    for split, count in (("train", train), ("test", test)):
+        labels = torch.arange(count) % 10
+        images = torch.randint(0, 60, (count, 28, 28), generator=generator, dtype=torch.uint8)
+        for i, label in enumerate(labels.tolist()):
+            images[i, 4 + 2 * label:6 + 2 * label, 4:24] = 255
+        for kind, magic, header, body in (
+                ("images", 2051, struct.pack(">IIII", 2051, count, 28, 28), images),
+                ("labels", 2049, struct.pack(">II", 2049, count), labels.byte())):
+            data = header + body.numpy().tobytes()
+            packed = gzip.compress(data)
+            original = spec.files[(split, kind)]
+            (raw / f"{original.name}.gz").write_bytes(packed)
+            checksums = (dict(md5=hashlib.md5(data).hexdigest()) if original.md5 else
+                         dict(archive_md5=hashlib.md5(packed).hexdigest()))
+            files[(split, kind)] = datasets.IdxFile(original.name, len(data), magic, count,
+                                                    **checksums)
+    return dataclasses.replace(spec, files=files)
+
+
+@pytest.fixture
+def small_sets(tmp_path, monkeypatch) -> Path:
+    """A data folder holding small Fashion-MNIST and KMNIST sets that the code accepts."""
+    root = tmp_path / "data"
+    for name in ("fashion-mnist", "kmnist"):
+        monkeypatch.setitem(datasets.DATASETS, name, write_small_set(root, name))
+    return root
+
+
+SMALL_RUN = ["--epochs", "3", "--val-size", "50", "--batch-size", "25"]
+
+
+@pytest.fixture(scope="session")
+def small_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """One tiny train.py run per other data set (on the sets ``small_sets`` writes too): its
+    save folder and what it printed. Shared by the train, test and show tests."""
+    import train
+    root = tmp_path_factory.mktemp("small")
+    runs = {}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("fashion-mnist", "kmnist"):
+            patch.setitem(datasets.DATASETS, name, write_small_set(root / "data", name))
+            save_dir = root / name
+            result = run_main(train, "--dataset", name, "--data-dir", root / "data",
+                              *SMALL_RUN, "--save-dir", save_dir)
+            assert result.returncode == 0, result.stderr
+            runs[name] = save_dir, result
+    return runs

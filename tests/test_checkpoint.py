@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-import mnist
+import datasets
 from checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
                         model_from_checkpoint, save_checkpoint)
 from net import LeNet5
@@ -30,8 +30,8 @@ def test_checkpoint_round_trip_continues_identically(tmp_path):
     path = tmp_path / "ckpt.pth"
     save_checkpoint(path, {"format": CHECKPOINT_FORMAT,
                            "model": model.state_dict(),
-                           "optimizer": optimizer.state_dict(), "mean": mnist.MEAN,
-                           "std": mnist.STD, "classes": mnist.CLASSES})
+                           "optimizer": optimizer.state_dict(), "mean": datasets.MEAN,
+                           "std": datasets.STD, "classes": datasets.CLASSES})
     loaded = load_checkpoint(path)
     fresh = model_from_checkpoint(loaded, CPU, path).train()
     fresh_optimizer = torch.optim.AdamW(fresh.parameters(), lr=1e-3)

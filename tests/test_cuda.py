@@ -4,8 +4,8 @@ import csv
 import pytest
 import torch
 
+import datasets
 import engine
-import mnist
 from conftest import ROOT, SMOKE, run
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -18,12 +18,12 @@ def weights(model: torch.nn.Module) -> torch.Tensor:
 
 def train_epoch(cuda_graph: bool, amp: bool = False, count: int = 2000, batch_size: int = 128):
     """One seeded epoch over ``count`` images: (result, weights, graph replays)."""
-    images, labels = mnist.load(ROOT / "data", "train")
+    images, labels = datasets.load(ROOT / "data", "train")
     torch.manual_seed(0)
     model = engine.new_model(CUDA)
     optimizer = engine.new_optimizer(model, "adamw", 3e-3, weight_decay=1e-2)
-    batches = mnist.Batches(images[:count], labels[:count], batch_size, CUDA, shuffle=True,
-                            augment=1.0, generator=torch.Generator(CUDA).manual_seed(0))
+    batches = datasets.Batches(images[:count], labels[:count], batch_size, CUDA, shuffle=True,
+                               augment=1.0, generator=torch.Generator(CUDA).manual_seed(0))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=len(batches))
     replays = 0
     original = engine._GraphedStep.__call__

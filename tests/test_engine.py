@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import datasets
 import engine
-import mnist
 from conftest import ROOT
 from net import LeNet5
 
@@ -41,12 +41,12 @@ def test_accuracy_is_counted_over_the_split_not_averaged_over_batches():
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0, 1])   # batches of 4, 4, 2
     images = torch.zeros(10, 28, 28, dtype=torch.uint8)
     model = AlwaysZero().train()
-    result = engine.evaluate(model, mnist.Batches(images, labels, 4, CPU))
+    result = engine.evaluate(model, datasets.Batches(images, labels, 4, CPU))
     assert (result.correct, result.total, result.accuracy) == (5, 10, 0.5)
     assert result.confusion.tolist()[0][0] == 5 and result.confusion.tolist()[1][0] == 5
     assert model.training                       # evaluate puts the mode back
     labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, 0])       # batches of 4, 4, 1
-    result = engine.evaluate(model, mnist.Batches(images[:9], labels, 4, CPU))
+    result = engine.evaluate(model, datasets.Batches(images[:9], labels, 4, CPU))
     assert result.accuracy == 5 / 9              # batch mean would say (1 + 0 + 1) / 3
 
 
@@ -58,16 +58,16 @@ def test_evaluate_runs_in_eval_mode_without_autograd():
             seen["training"], seen["grad"] = self.training, torch.is_grad_enabled()
             return super().forward(x)
 
-    engine.evaluate(Spy().train(), mnist.Batches(torch.zeros(3, 28, 28, dtype=torch.uint8),
-                                                 torch.zeros(3, dtype=torch.long), 3, CPU))
+    engine.evaluate(Spy().train(), datasets.Batches(torch.zeros(3, 28, 28, dtype=torch.uint8),
+                                                    torch.zeros(3, dtype=torch.long), 3, CPU))
     assert seen == {"training": False, "grad": False}
 
 
 def test_training_puts_the_model_back_in_train_mode_and_lowers_the_loss():
     torch.manual_seed(0)
-    images, labels = mnist.load(ROOT / "data", "train")
-    batches = mnist.Batches(images[:256], labels[:256], 32, CPU, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
+    images, labels = datasets.load(ROOT / "data", "train")
+    batches = datasets.Batches(images[:256], labels[:256], 32, CPU, shuffle=True,
+                               generator=torch.Generator().manual_seed(0))
     model = LeNet5().eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = [engine.train_one_epoch(model, batches, optimizer).loss for _ in range(5)]
@@ -82,8 +82,8 @@ def test_ema_follows_the_trained_weights_by_its_decay(updates, weight):
     model = LeNet5()
     ema = engine.EMA(model, decay=0.9, updates=updates)
     before = [p.detach().clone() for p in model.parameters()]
-    one_batch = mnist.Batches(torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8),
-                              torch.arange(8), 8, CPU)
+    one_batch = datasets.Batches(torch.randint(0, 256, (8, 28, 28), dtype=torch.uint8),
+                                 torch.arange(8), 8, CPU)
     engine.train_one_epoch(model, one_batch, torch.optim.SGD(model.parameters(), lr=0.1),
                            ema=ema)
     assert ema.updates == updates + 1
@@ -98,7 +98,7 @@ def test_label_smoothing_is_the_training_loss():
     model = LeNet5()
     x = torch.randint(0, 256, (16, 28, 28), dtype=torch.uint8)
     y = torch.randint(0, 10, (16,))
-    batches = mnist.Batches(x, y, 16, CPU)
+    batches = datasets.Batches(x, y, 16, CPU)
     frozen = torch.optim.SGD(model.parameters(), lr=0.0)     # the loss of unchanged weights
     with torch.no_grad():
         logits = model(next(iter(batches))[0])
@@ -110,15 +110,15 @@ def test_label_smoothing_is_the_training_loss():
 
 def test_short_training_on_real_mnist_reaches_real_accuracy():
     torch.manual_seed(0)
-    images, labels = mnist.load(ROOT / "data", "train")
-    test_images, test_labels = mnist.load(ROOT / "data", "test")
-    batches = mnist.Batches(images[:6000], labels[:6000], 64, CPU, shuffle=True,
-                            generator=torch.Generator().manual_seed(0))
+    images, labels = datasets.load(ROOT / "data", "train")
+    test_images, test_labels = datasets.load(ROOT / "data", "test")
+    batches = datasets.Batches(images[:6000], labels[:6000], 64, CPU, shuffle=True,
+                               generator=torch.Generator().manual_seed(0))
     model = LeNet5()
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for _ in range(2):
         engine.train_one_epoch(model, batches, optimizer)
-    result = engine.evaluate(model, mnist.Batches(test_images[:2000], test_labels[:2000],
-                                                  500, CPU))
+    result = engine.evaluate(model, datasets.Batches(test_images[:2000], test_labels[:2000],
+                                                     500, CPU))
     assert result.total == 2000
     assert result.accuracy >= 0.90, result.accuracy

@@ -6,11 +6,11 @@ from PIL import Image, ImageDraw
 
 import engine
 import handwriting
-import mnist
+import datasets
 from conftest import ROOT
 from net import LeNet5
 
-TEST_IMAGES, TEST_LABELS = mnist.load(ROOT / "data", "test")
+TEST_IMAGES, TEST_LABELS = datasets.load(ROOT / "data", "test")
 DIGITS = range(20)
 
 
@@ -115,11 +115,11 @@ def test_file_that_is_not_an_image(tmp_path):
 def model():
     """A LeNet-5 trained briefly on real MNIST (about 97 % test accuracy)."""
     torch.manual_seed(0)
-    images, labels = mnist.load(ROOT / "data", "train")
+    images, labels = datasets.load(ROOT / "data", "train")
     net = LeNet5()
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
-    batches = mnist.Batches(images[:20000], labels[:20000], 64, torch.device("cpu"),
-                            shuffle=True, generator=torch.Generator().manual_seed(0))
+    batches = datasets.Batches(images[:20000], labels[:20000], 64, torch.device("cpu"),
+                               shuffle=True, generator=torch.Generator().manual_seed(0))
     engine.train_one_epoch(net, batches, optimizer)
     return net.eval()
 
@@ -127,9 +127,9 @@ def model():
 @pytest.mark.parametrize("style", [dict(), dict(dark_on_light=False)])
 def test_rendered_mnist_digits_are_recognized(model, style):
     prepared = torch.stack([handwriting.prepare(render(i, **style)) for i in DIGITS])
-    normalized = ((prepared - mnist.MEAN) / mnist.STD).unsqueeze(1)
+    normalized = ((prepared - datasets.MEAN) / datasets.STD).unsqueeze(1)
     predicted = engine.predict(model, normalized).argmax(1)
-    original = engine.predict(model, ((TEST_IMAGES[list(DIGITS)].float() / 255 - mnist.MEAN)
-                                      / mnist.STD).unsqueeze(1)).argmax(1)
+    original = engine.predict(model, ((TEST_IMAGES[list(DIGITS)].float() / 255 - datasets.MEAN)
+                                      / datasets.STD).unsqueeze(1)).argmax(1)
     truth = TEST_LABELS[list(DIGITS)]
     assert (predicted == truth).sum() >= (original == truth).sum() - 1, (predicted, truth)

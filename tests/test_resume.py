@@ -148,19 +148,23 @@ def test_resume_refuses_conflicting_flags_and_extends_with_epochs(tmp_path, unin
     assert saved_epoch(tmp_path / "last.pth") == 3
 
 
-def test_a_run_saved_before_smoothing_and_averaging_existed_resumes_without_them(tmp_path):
+def test_a_run_saved_before_later_settings_existed_resumes_without_them(tmp_path):
+    """Smoothing, the weight average, data sets and flips came later: an older last.pth
+    lacks them and trained MNIST without them."""
     assert run_main(train, "--subset", "600", "--epochs", "1", "--label-smoothing", "0",
                     "--ema-decay", "0", "--save-dir", tmp_path).returncode == 0
     path = tmp_path / "last.pth"
     state = torch.load(path, weights_only=True)
-    for name in ("label_smoothing", "ema_decay"):       # what an older last.pth lacks
+    for name in ("label_smoothing", "ema_decay", "dataset", "flip"):
         del state["hparams"][name]
-    del state["train_weights"], state["ema_updates"]
+    del state["train_weights"], state["ema_updates"], state["dataset"]
     torch.save(state, path)
     result = run_main(train, "--resume", "--epochs", "2", "--save-dir", tmp_path)
     assert result.returncode == 0, result.stderr
-    hparams = torch.load(path, weights_only=True)["hparams"]
-    assert (hparams["label_smoothing"], hparams["ema_decay"], hparams["epochs"]) == (0.0, 0.0, 2)
+    resumed = torch.load(path, weights_only=True)
+    names = ("label_smoothing", "ema_decay", "dataset", "flip", "epochs")
+    assert [resumed["hparams"][name] for name in names] == [0.0, 0.0, "mnist", False, 2]
+    assert resumed["dataset"] == "mnist"
 
 
 def test_resume_without_a_saved_run(tmp_path):

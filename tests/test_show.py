@@ -3,6 +3,7 @@ import re
 import numpy as np
 from PIL import Image
 
+import datasets
 import show
 from conftest import ROOT, assert_one_line_error, run_main
 
@@ -58,13 +59,13 @@ def test_shown_predictions_are_the_models_own(trained, tmp_path):
     import torch
 
     import engine
-    import mnist
+    import datasets
     from checkpoint import load_checkpoint, model_from_checkpoint
     checkpoint = load_checkpoint(trained / "best_model.pth")
     model = model_from_checkpoint(checkpoint, torch.device("cpu"), "best_model.pth")
-    images, labels = mnist.load(ROOT / "data", "test")
-    batches = mnist.Batches(images, labels, engine.EVAL_BATCH_SIZE, torch.device("cpu"),
-                            mean=checkpoint["mean"], std=checkpoint["std"])
+    images, labels = datasets.load(ROOT / "data", "test")
+    batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, torch.device("cpu"),
+                               mean=checkpoint["mean"], std=checkpoint["std"])
     confidence, predicted = torch.cat([engine.predict(model, x) for x, _ in batches]).max(1)
     for request, count in ((["--start", "37"], 12), (["--random", "--seed", "3"], 9)):
         result = run_main(show, "--checkpoint", trained / "best_model.pth", *request,
@@ -148,3 +149,26 @@ def test_each_mode_has_its_own_default_picture(trained, tmp_path):
         assert f"picture written to save_model/{name}" in result.stdout
     assert sorted(p.name for p in (tmp_path / "save_model").iterdir()) == \
         ["errors.png", "own.png", "predictions.png"]
+
+
+def test_another_data_set_is_shown_with_its_class_names(small_runs, small_sets, tmp_path):
+    checkpoint = small_runs["fashion-mnist"][0] / "best_model.pth"
+    result = run_main(show, "--checkpoint", checkpoint, "--data-dir", small_sets,
+                      "--out", tmp_path / "p.png")
+    assert result.returncode == 0, result.stderr
+    classes = datasets.DATASETS["fashion-mnist"].classes
+    width = max(map(len, classes))      # the name columns are right-aligned to the longest
+    rows = [line for line in result.stdout.splitlines() if line[:5].strip().isdigit()]
+    assert len(rows) == 10
+    for line in rows:
+        index = int(line[:5])
+        predicted = line[6:6 + width].strip()
+        actual = line[7 + width:7 + 2 * width].strip()
+        assert actual == classes[index % 10], line          # the small set's labels
+        assert predicted in classes and line.endswith("right" if predicted == actual else
+                                                      "WRONG"), line
+    with Image.open(tmp_path / "p.png") as picture:
+        assert picture.width >= 10 * 112
+
+    refused = run_main(show, "--checkpoint", checkpoint, "--image", tmp_path / "p.png")
+    assert_one_line_error(refused, "trained on Fashion-MNIST", "needs a model trained on MNIST")

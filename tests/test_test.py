@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision import datasets, transforms
+from torchvision import datasets as torchvision_datasets, transforms
 
+import datasets
 import engine
-import mnist
 import test
 from conftest import ROOT, SMOKE, assert_one_line_error, run_main
 from net import LeNet5
@@ -43,7 +43,7 @@ def test_report_table_and_json_agree_with_the_checkpoint(trained, tmp_path):
 
 def tutorial_test_accuracy(model):
     """The tutorial's own test loop: torchvision dataset, ToTensor, batches of 16."""
-    data = datasets.MNIST(ROOT / "data", train=False, transform=transforms.ToTensor())
+    data = torchvision_datasets.MNIST(ROOT / "data", train=False, transform=transforms.ToTensor())
     correct = 0
     model.eval()
     with torch.no_grad():
@@ -54,9 +54,9 @@ def tutorial_test_accuracy(model):
 
 def test_tutorial_state_dict_scores_what_it_scored_in_the_tutorial(tmp_path):
     torch.manual_seed(0)
-    images, labels = mnist.load(ROOT / "data", "train")
+    images, labels = datasets.load(ROOT / "data", "train")
     model = LeNet5()           # trained the tutorial's way: raw [0, 1] pixels, no normalization
-    engine.train_one_epoch(model, mnist.Batches(
+    engine.train_one_epoch(model, datasets.Batches(
         images[:3000], labels[:3000], 16, torch.device("cpu"), mean=0.0, std=1.0,
         shuffle=True, generator=torch.Generator().manual_seed(0)),
         torch.optim.SGD(model.parameters(), lr=1e-2, momentum=0.9))
@@ -127,3 +127,34 @@ def test_a_reader_that_stops_early_gets_no_traceback(trained, tmp_path, script, 
     assert result.returncode == 1
     if picture:                          # drawn before the report is printed
         assert (tmp_path / picture).stat().st_size > 0
+
+
+def test_another_data_set_is_reported_with_its_class_names(small_runs, small_sets, tmp_path):
+    checkpoint = small_runs["fashion-mnist"][0] / "best_model.pth"
+    table = run_main(test, "--checkpoint", checkpoint, "--data-dir", small_sets,
+                     "--confusion", tmp_path / "c.png")
+    assert table.returncode == 0, table.stderr
+    report = json.loads(run_main(test, "--checkpoint", checkpoint, "--data-dir", small_sets,
+                                 "--json", "--confusion", tmp_path / "c.png").stdout)
+    assert report["dataset"] == "fashion-mnist" and report["total"] == 100
+    assert list(report["per_class_accuracy"]) == list(
+        datasets.DATASETS["fashion-mnist"].classes)
+    lines = table.stdout.splitlines()
+    row = next(line for line in lines if line.strip().startswith("Ankle boot "))
+    assert row.split()[2:4] == ["10", str(10 - report["confusion"][9][9])]  # images, errors
+    assert "confusion matrix (rows: true class, columns: predicted class)" in table.stdout
+    matrix_row = next(line for line in lines if line.strip().startswith("Ankle boot 9"))
+    assert [int(n) for n in matrix_row.split()[3:]] == report["confusion"][9]
+    with Image.open(tmp_path / "c.png") as picture:
+        assert picture.format == "PNG"
+
+
+def test_a_checkpoint_from_before_data_sets_is_read_as_mnist(trained, tmp_path):
+    old = torch.load(trained / "best_model.pth", weights_only=True)
+    del old["dataset"]
+    torch.save(old, tmp_path / "old.pth")
+    result = run_main(test, "--checkpoint", tmp_path / "old.pth", "--json",
+                      "--confusion", tmp_path / "c.png")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["dataset"] == "mnist" and report["confusion"][0][0] > 900

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+import datasets
 import engine
-import mnist
 import train
 from conftest import ROOT, SMOKE, assert_one_line_error, run_main
 
@@ -29,6 +29,7 @@ def test_smoke_run_writes_a_self_describing_checkpoint(trained):
     assert checkpoint["hparams"]["subset"] == 3000 and checkpoint["hparams"]["epochs"] == 2
     assert (checkpoint["mean"], checkpoint["std"]) == (0.1307, 0.3081)
     assert checkpoint["classes"] == [str(d) for d in range(10)]
+    assert checkpoint["dataset"] == "mnist" and checkpoint["hparams"]["flip"] is False
     rows = read_history(trained)
     assert [row["epoch"] for row in rows] == ["1", "2"]
     best = max(rows, key=lambda row: float(row["val_accuracy"]))
@@ -40,7 +41,7 @@ def test_smoke_run_writes_a_self_describing_checkpoint(trained):
 
 def test_log_has_one_aligned_line_per_epoch_and_the_test_result(smoke_run):
     out = smoke_run[1].stdout
-    assert "training LeNet-5 on 2,750 images (validation 250) on cpu for 2 epochs" in out
+    assert "training LeNet-5 on 2,750 MNIST images (validation 250) on cpu for 2 epochs" in out
     epoch_lines = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
     assert len(epoch_lines) == 2
     assert len({len(line.rstrip(" best")) for line in epoch_lines}) == 1      # aligned
@@ -66,13 +67,13 @@ def test_the_weight_average_is_what_is_validated_and_saved(trained, tmp_path):
     assert not torch.equal(last["model"]["net.0.weight"], last["train_weights"]["net.0.weight"])
     # The accuracy recorded with the best checkpoint is that of the weights it holds.
     best = torch.load(trained / "best_model.pth", weights_only=True)
-    images, labels = mnist.load(ROOT / "data", "train")
+    images, labels = datasets.load(ROOT / "data", "train")
     size = best["hparams"]["subset"]
-    _, val_idx = mnist.train_val_split(size, mnist.scaled_val_size(train.VAL_SIZE, size), 0)
+    _, val_idx = datasets.train_val_split(size, datasets.scaled_val_size(train.VAL_SIZE, size), 0)
     from checkpoint import model_from_checkpoint
     model = model_from_checkpoint(best, torch.device("cpu"), "best_model.pth")
-    val = engine.evaluate(model, mnist.Batches(images[val_idx], labels[val_idx], 500,
-                                               torch.device("cpu")))
+    val = engine.evaluate(model, datasets.Batches(images[val_idx], labels[val_idx], 500,
+                                                  torch.device("cpu")))
     assert val.accuracy == pytest.approx(best["val_accuracy"], abs=1e-9)
 
     result = run_main(train, "--subset", "600", "--epochs", "1", "--ema-decay", "0",
@@ -207,3 +208,34 @@ def test_compile_trains_a_real_model_on_cpu(tmp_path):
     result = run_main(train, "--subset", "2560", "--val-size", "0", "--epochs", "2",
                       "--compile", "--save-dir", tmp_path)
     check_speed_option(tmp_path, result, "--compile")
+
+
+@pytest.mark.parametrize("name, flip, strength",
+                         [("fashion-mnist", True, 0.5), ("kmnist", False, 1.0)])
+def test_another_data_set_trains_with_its_own_constants_names_and_augmentation(
+        small_runs, small_sets, tmp_path, name, flip, strength):
+    spec = datasets.DATASETS[name]
+    save_dir, result = small_runs[name]
+    assert f"training LeNet-5 on 250 {spec.title} images (validation 50)" in result.stdout
+    accuracy = float(re.search(r"test accuracy (\d+\.\d\d)%", result.stdout)[1])
+    assert accuracy > 50                 # ten classes: a model that learned the bars
+    best = torch.load(save_dir / "best_model.pth", weights_only=True)
+    assert best["dataset"] == name and best["classes"] == list(spec.classes)
+    images, _ = datasets.load(small_sets, "train", name)
+    assert (best["mean"], best["std"]) == datasets.normalization(images)
+    assert (best["mean"], best["std"]) != (datasets.MEAN, datasets.STD)
+    assert (best["hparams"]["flip"], best["hparams"]["augment_strength"]) == (flip, strength)
+    # The block's None defaults are the set's, and flags override them.
+    args = train.parse_args(["--dataset", name, "--augment-strength", "0.25", "--no-flip"])
+    assert (args.augment_strength, args.flip) == (0.25, False)
+
+    for output in ("last.pth", "best_model.pth", "history.csv"):
+        (tmp_path / output).write_bytes((save_dir / output).read_bytes())
+    assert_one_line_error(run_main(train, "--resume", "--dataset", "mnist",
+                                   "--save-dir", tmp_path),
+                          f"--dataset mnist conflicts with the run being resumed ({name})",
+                          code=2)
+    resumed = run_main(train, "--resume", "--epochs", "4", "--data-dir", small_sets,
+                       "--save-dir", tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert spec.title in resumed.stdout
