@@ -59,14 +59,14 @@ class Dataset:
     get: str                          # where to get the files, for the message when missing
 
 
-def _idx_files(prefixes_md5: dict) -> dict:
-    """The four IDX files of a 60,000 + 10,000 image set; ``prefixes_md5`` maps each file to
-    its checksum keyword (``md5=`` or ``archive_md5=``)."""
+def _idx_files(checksums: dict) -> dict:
+    """The four IDX files of a 60,000 + 10,000 image set; ``checksums`` gives each file its
+    published checksum, as ``md5=`` or ``archive_md5=``."""
     shapes = {("train", "images"): ("train-images-idx3-ubyte", 47_040_016, 2051, 60_000),
               ("train", "labels"): ("train-labels-idx1-ubyte", 60_008, 2049, 60_000),
               ("test", "images"): ("t10k-images-idx3-ubyte", 7_840_016, 2051, 10_000),
               ("test", "labels"): ("t10k-labels-idx1-ubyte", 10_008, 2049, 10_000)}
-    return {key: IdxFile(*shapes[key], **prefixes_md5[key]) for key in shapes}
+    return {key: IdxFile(*shapes[key], **checksums[key]) for key in shapes}
 
 
 DATASETS = {
@@ -86,7 +86,7 @@ DATASETS = {
                     ("train", "labels"): dict(md5="9018921c3c673c538a1fc5bad174d6f9"),
                     ("test", "images"): dict(md5="8181f5470baa50b63fa0f6fddb340f0a"),
                     ("test", "labels"): dict(md5="15d484375f8d13e6eb1aabb0c3f46965")}),
-        flip=True, augment_strength=0.5, digits=False,
+        flip=True, augment_strength=0.0, digits=False,    # docs/experiments.md, "Fashion-MNIST"
         get="put the four .gz files of github.com/zalandoresearch/fashion-mnist there (on "
             "Debian: apt-get install dataset-fashion-mnist, then copy "
             "/usr/share/datasets/fashion-mnist/*.gz)"),

@@ -41,7 +41,7 @@ STEP_SIZE = 10           # "step": epochs between learning-rate drops
 GAMMA = 0.1              # "step": factor of each drop
 AUGMENT = True           # random rotation, scale, shear and shift of each training image
 # None in the next two: the data set's own (strength 1 and no flips for digits and hiragana;
-# 0.5 and flips for clothing, where a mirrored shoe is a shoe and a mirrored 7 is no digit)
+# flips alone for clothing, where a mirrored shoe is a shoe and a mirrored 7 is no digit)
 AUGMENT_STRENGTH = None  # 1: up to 15 deg, 15 %, 10 deg shear, 3 px; 0.5 halves every range
 FLIP = None              # also mirror half of the training images left to right
 LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
@@ -77,9 +77,9 @@ HYPERPARAMETERS = {
                 dict(action=argparse.BooleanOptionalAction)),
     "augment_strength": (AUGMENT_STRENGTH, "scales every range of the augmentation (1: up to 15 "
                                            "deg rotation, 0.15 zoom, 10 deg shear, 3 px shift; "
-                                           "default: 1 for mnist and kmnist, 0.5 for "
-                                           "fashion-mnist)",
-                         dict(type=ranged(float, 0, 2, low_open=True))),
+                                           "0: none of them, flips alone; default: 1 for mnist "
+                                           "and kmnist, 0 for fashion-mnist)",
+                         dict(type=ranged(float, 0, 2))),
     "flip": (FLIP, "with --augment, also mirror half of the images left to right (default: on "
                    "for fashion-mnist only)", dict(action=argparse.BooleanOptionalAction)),
     "label_smoothing": (LABEL_SMOOTHING, "label smoothing of the training loss",
