@@ -126,11 +126,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name, (default, _, options) in HYPERPARAMETERS.items():
         if name in args.given:
             continue
+        # A value edited into the block gets the same checks as a flag.
+        problem = None
         if default is not None and "type" in options:
-            try:  # a value edited into the block gets the same checks as a flag
+            try:
                 options["type"](default)
             except argparse.ArgumentTypeError as e:
-                parser.error(f"{name.upper()} = {default!r} at the top of train.py: {e}")
+                problem = str(e)
+        if "choices" in options and default not in options["choices"]:
+            problem = f"choose from {', '.join(map(repr, options['choices']))}"
+        if problem:
+            parser.error(f"{name.upper()} = {default!r} at the top of train.py: {problem}")
         setattr(args, name, default)
     dataset = datasets.DATASETS[args.dataset]
     if args.augment_strength is None:

@@ -147,14 +147,21 @@ def test_impossible_values_are_refused(tmp_path, args, message):
     assert not (tmp_path / "last.pth").exists()
 
 
-def test_values_edited_into_the_block_are_checked_too(tmp_path):
+@pytest.mark.parametrize("edit, message", [
+    (("\nLR = ", "\nLR = -1 or "), "LR = -1 at the top of train.py: must be > 0"),
+    (("\nOPTIMIZER = ", "\nOPTIMIZER = 'adam' or "),
+     "OPTIMIZER = 'adam' at the top of train.py: choose from 'adamw', 'sgd'"),
+    (("\nDATASET = ", "\nDATASET = 'cifar' or "),
+     "DATASET = 'cifar' at the top of train.py: choose from 'mnist', 'fashion-mnist', 'kmnist'"),
+])
+def test_values_edited_into_the_block_are_checked_too(tmp_path, edit, message):
     edited = tmp_path / "train.py"
-    edited.write_text((ROOT / "train.py").read_text().replace("\nLR = ", "\nLR = -1 or "))
+    edited.write_text((ROOT / "train.py").read_text().replace(*edit))
     spec = importlib.util.spec_from_file_location("edited_train", edited)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     result = run_main(module, "--subset", "100", "--save-dir", tmp_path)
-    assert_one_line_error(result, "LR = -1 at the top of train.py: must be > 0", code=2)
+    assert_one_line_error(result, message, code=2)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
