@@ -51,11 +51,17 @@ def test_ctrl_c_in_a_script_is_one_line_and_status_130():
     assert result.stderr == "stopped by SIGINT\n"
 
 
-@pytest.mark.parametrize("script", ["test.py", "show.py", "bench.py"])
-def test_ctrl_c_while_a_script_starts_is_quiet(script):
-    """Half a second in, the script is loading torch; any later, it is in main: either way a
-    stop is one line and status 130, never a traceback."""
-    process = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], cwd=ROOT,
+@pytest.mark.parametrize("script, args", [
+    ("test.py", ["--confusion", "{tmp}/c.png"]), ("show.py", ["--errors", "--out", "{tmp}/e.png"]),
+    ("bench.py", ["--quick"]),
+])
+def test_ctrl_c_while_a_script_starts_or_works_is_quiet(trained, tmp_path, script, args):
+    """Half a second in, the script is loading torch or already at work (each of these works
+    for seconds): either way a stop is one line and status 130, never a traceback."""
+    if script != "bench.py":
+        args = ["--checkpoint", trained / "best_model.pth", *args]
+    process = subprocess.Popen([sys.executable, str(ROOT / script),
+                                *(str(a).format(tmp=tmp_path) for a in args)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     process.send_signal(signal.SIGINT)
