@@ -26,6 +26,8 @@ import handwriting
 from atomic import write_atomic
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
+# A person's mistakes, each ended in one line by cli.run_script
+PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 ZOOM = 4                   # each 28x28 digit is drawn 112x112
 DIGIT_PX = datasets.SIDE * ZOOM    # side of one drawn digit
 COLUMNS = 10
@@ -227,4 +229,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, (datasets.DataError, CheckpointError, engine.DeviceError))
+    cli.run_script(main, PROBLEMS)

@@ -17,6 +17,10 @@ import plots
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 
 
+# A person's mistakes, each ended in one line by cli.run_script
+PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Evaluate a LeNet-5 checkpoint on the test "
                                                  "set of the data it was trained on.")
@@ -109,4 +113,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, (datasets.DataError, CheckpointError, engine.DeviceError))
+    cli.run_script(main, PROBLEMS)

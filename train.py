@@ -55,6 +55,8 @@ DATA_DIR = "data"        # holds MNIST/raw/ (FashionMNIST/raw/, KMNIST/raw/)
 SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 # ---------------------------------------------------------------------------------------------
 
+# A person's mistakes, each ended in one line by cli.run_script
+PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
@@ -404,4 +406,4 @@ def train(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, (datasets.DataError, CheckpointError, engine.DeviceError))
+    cli.run_script(main, PROBLEMS)

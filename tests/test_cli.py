@@ -9,6 +9,7 @@ import pytest
 
 import bench
 import cli
+import export
 import show
 import test
 import train
@@ -21,7 +22,7 @@ def handlers():
     return [signal.getsignal(s) for s in STOPS]
 
 
-@pytest.mark.parametrize("script", [train, test, show, bench])
+@pytest.mark.parametrize("script", [train, test, show, bench, export])
 def test_importing_a_script_changes_no_signal_handler(script):
     before = handlers()
     importlib.reload(script)          # runs the module's top level again, as an import does
@@ -53,12 +54,12 @@ def test_ctrl_c_in_a_script_is_one_line_and_status_130():
 
 @pytest.mark.parametrize("script, args", [
     ("test.py", ["--confusion", "{tmp}/c.png"]), ("show.py", ["--errors", "--out", "{tmp}/e.png"]),
-    ("bench.py", ["--quick"]),
+    ("bench.py", ["--quick"]), ("export.py", ["--out", "{tmp}/lenet5.onnx"]),
 ])
 def test_ctrl_c_while_a_script_starts_or_works_is_quiet(trained, tmp_path, script, args):
     """Half a second in, the script is loading torch or already at work (each of these works
     for seconds): either way a stop is one line and status 130, never a traceback."""
-    if script != "bench.py":
+    if script != "bench.py":       # the others work on the trained checkpoint
         args = ["--checkpoint", trained / "best_model.pth", *args]
     process = subprocess.Popen([sys.executable, str(ROOT / script),
                                 *(str(a).format(tmp=tmp_path) for a in args)], cwd=ROOT,

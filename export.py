@@ -1,0 +1,127 @@
+"""Export a checkpoint to ONNX for apps, checked against ONNX Runtime on the whole test set.
+
+    python export.py                                   # save_model/best_model.pth
+    python export.py --checkpoint other.pth --out other.onnx
+
+The file takes raw pixels: N x 1 x 28 x 28 floats in [0, 1], as the training images are (a
+light digit on black for MNIST; ``handwriting.py`` prepares a photo that way). The
+normalization is inside the graph, so an app needs no constants; the class names, the data set
+and the accuracies are in the model's metadata.
+"""
+import cli
+
+if __name__ == "__main__":    # importing torch takes seconds: a stop during it ends quietly too
+    cli.stop_quietly_while_starting()
+
+import argparse
+import json
+import warnings
+
+import onnx
+import onnxruntime
+import torch
+from torch import nn
+
+import datasets
+import engine
+from atomic import write_atomic
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+
+# float32 sums in another order: a difference of 1e-4 in a logit would be a real mismatch.
+MAX_LOGIT_DIFFERENCE = 1e-4
+
+
+class ExportError(Exception):
+    """The exported graph does not compute what the checkpoint does."""
+
+
+# A person's mistakes, each ended in one line by cli.run_script
+PROBLEMS = (datasets.DataError, CheckpointError, ExportError)
+
+
+class RawPixels(nn.Module):
+    """The model as an app calls it: raw pixels in [0, 1] in, logits out."""
+
+    def __init__(self, model: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean) / self.std)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Export a LeNet-5 checkpoint to ONNX and "
+                                                 "check it with ONNX Runtime.")
+    parser.add_argument("--checkpoint", default="save_model/best_model.pth",
+                        help="checkpoint to export (default: %(default)s)")
+    parser.add_argument("--out", default="save_model/lenet5.onnx",
+                        help="ONNX file to write (default: %(default)s)")
+    parser.add_argument("--data-dir", default="data",
+                        help="folder of the test images the export is checked on "
+                             "(default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def to_onnx(model: RawPixels, metadata: dict[str, str]) -> bytes:
+    """The serialized ONNX model, with a dynamic batch size and ``metadata`` attached."""
+    example = torch.zeros(2, 1, datasets.SIDE, datasets.SIDE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # the exporter's notes on its own internals
+        program = torch.onnx.export(model, (example,), input_names=["pixels"],
+                                    output_names=["logits"], verbose=False,
+                                    dynamic_shapes=({0: torch.export.Dim("batch")},))
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto)
+    return proto.SerializeToString()
+
+
+def compare(onnx_bytes: bytes, pixels: torch.Tensor, expected: torch.Tensor
+            ) -> tuple[int, float]:
+    """On how many images ONNX Runtime (CPU) picks the class that PyTorch's ``expected``
+    logits pick, and the largest difference between the two sets of logits."""
+    session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    got = torch.cat([torch.from_numpy(session.run(None, {"pixels": batch.numpy()})[0])
+                     for batch in pixels.split(engine.EVAL_BATCH_SIZE)])
+    return int((got.argmax(1) == expected.argmax(1)).sum()), float((got - expected).abs().max())
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    checkpoint = load_checkpoint(args.checkpoint)
+    cpu = torch.device("cpu")
+    model = RawPixels(model_from_checkpoint(checkpoint, cpu, args.checkpoint),
+                      checkpoint["mean"], checkpoint["std"]).eval()
+    dataset = checkpoint.get("dataset", "mnist")     # older checkpoints are all MNIST
+    images, labels = datasets.load(args.data_dir, "test", dataset)
+    pixels = images.unsqueeze(1).float() / 255
+
+    metadata = {"classes": json.dumps(checkpoint["classes"]), "dataset": dataset,
+                "input": "pixels: N x 1 x 28 x 28 float32 in [0, 1], as the training images "
+                         "(normalization inside the graph)",
+                "epoch": json.dumps(checkpoint.get("epoch")),
+                "val_accuracy": json.dumps(checkpoint.get("val_accuracy"))}
+    with torch.inference_mode():
+        expected = torch.cat([model(x) for x in pixels.split(engine.EVAL_BATCH_SIZE)])
+    correct = int((expected.argmax(1) == labels).sum())
+    metadata["test_accuracy"] = json.dumps(correct / len(labels))
+    onnx_bytes = to_onnx(model, metadata)
+    agree, largest = compare(onnx_bytes, pixels, expected)
+    print(f"ONNX Runtime and PyTorch agree on {agree:,} of {len(labels):,} test images; "
+          f"largest logit difference {largest:.1e}")
+    if agree != len(labels) or largest >= MAX_LOGIT_DIFFERENCE:
+        raise ExportError(f"the exported graph does not match the checkpoint (need all "
+                          f"{len(labels):,} and a difference below {MAX_LOGIT_DIFFERENCE:.0e}); "
+                          f"{args.out} was not written")
+    try:
+        write_atomic(args.out, lambda f: f.write(onnx_bytes))
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}): "
+                         f"pass another --out PATH") from None
+    print(f"wrote {args.out} ({len(onnx_bytes) / 1024:.0f} kB; test accuracy "
+          f"{correct / len(labels):.2%}, classes {', '.join(checkpoint['classes'])})")
+
+
+if __name__ == "__main__":
+    cli.run_script(main, PROBLEMS)
