@@ -1,8 +1,10 @@
 """Pictures made here the way people make them: each must come out as an MNIST-style digit."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 import engine
 import handwriting
@@ -133,3 +135,26 @@ def test_rendered_mnist_digits_are_recognized(model, style):
                                       / datasets.STD).unsqueeze(1)).argmax(1)
     truth = TEST_LABELS[list(DIGITS)]
     assert (predicted == truth).sum() >= (original == truth).sum() - 1, (predicted, truth)
+
+
+MONO = Path("/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf")
+
+
+def typed(digit, size, canvas):
+    """A digit typed in black on a white page, a little blurred, as a screenshot or scan."""
+    page = Image.new("L", (canvas, canvas), 255)
+    ImageDraw.Draw(page).text((canvas // 3, canvas // 2), str(digit), fill=0,
+                              font=ImageFont.truetype(str(MONO), size), anchor="mm")
+    return page.filter(ImageFilter.GaussianBlur(1))
+
+
+@pytest.mark.skipif(not MONO.exists(), reason="needs DejaVu Sans Mono (Debian: fonts-dejavu-core)")
+@pytest.mark.parametrize("size, canvas", [(100, 600), (60, 600)])
+def test_typed_digits_small_on_a_large_page_come_out_light_on_dark(size, canvas):
+    """A digit that covers under 2 % of its page came out as dark strokes on a light blob:
+    the ink's side was judged from too coarse extremes of the page's brightness."""
+    prepared = torch.stack([handwriting.prepare(typed(d, size, canvas)) for d in range(10)])
+    ring = torch.ones(28, 28, dtype=torch.bool)
+    ring[3:-3, 3:-3] = False
+    assert (prepared[:, ring].mean(1) < 0.05).all()          # dark around every digit
+    assert (prepared.flatten(1).mean(1) < 0.3).all()          # strokes, not a light blob
