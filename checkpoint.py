@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from atomic import write_atomic
+from datasets import CLASSES
 from engine import new_model
 from net import LeNet5
 
@@ -43,6 +44,7 @@ def load_checkpoint(path: str | Path) -> dict:
 
     Returns the project's checkpoint dictionary. A bare ``state_dict`` from the tutorial code is
     wrapped in the same shape; that code trained on unnormalized [0, 1] pixels (mean 0, std 1).
+    Checkpoints from before the other data sets came are MNIST's, and say so here.
     """
     path = Path(path)
     if not path.exists():
@@ -67,11 +69,11 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint "
                               f"(truncated, damaged or another kind of file)") from None
     if isinstance(checkpoint, dict) and checkpoint.get("format") == CHECKPOINT_FORMAT:
-        return checkpoint
+        return {"dataset": "mnist"} | checkpoint
     if isinstance(checkpoint, dict) and checkpoint and all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint.items()):
         return {"format": CHECKPOINT_FORMAT, "model": checkpoint, "mean": 0.0, "std": 1.0,
-                "classes": [str(d) for d in range(10)], "source": "state_dict"}
+                "dataset": "mnist", "classes": list(CLASSES), "source": "state_dict"}
     raise CheckpointError(f"{path} is not a LeNet-5 checkpoint (no model weights found)")
 
 

@@ -101,7 +101,6 @@ DATASETS = {
         flip=False, augment_strength=1.0, digits=False,
         get="put the four .gz files of github.com/rois-codh/kmnist there"),
 }
-FILES = DATASETS["mnist"].files
 
 
 def raw_dir(root: str | Path, dataset: str = "mnist") -> Path:
@@ -147,7 +146,7 @@ def _verified_bytes(root: str | Path, dataset: Dataset, spec: IdxFile) -> bytes:
     if spec.archive_md5 is not None:
         if not archive.exists():
             raise DataError(f"{archive} is missing: {dataset.get}")
-        packed = _read(archive)
+        packed = _read(archive)    # read once: the extraction below uses it too
         if _md5(packed) != spec.archive_md5:
             raise DataError(f"{archive} fails its MD5 checksum (damaged, or another release): "
                             f"{dataset.get}")
@@ -162,7 +161,7 @@ def _verified_bytes(root: str | Path, dataset: Dataset, spec: IdxFile) -> bytes:
     if not archive.exists():
         raise DataError(f"{path} and {archive.name} are missing: {dataset.get}")
     try:
-        data = gzip.decompress(_read(archive))
+        data = gzip.decompress(packed if spec.archive_md5 is not None else _read(archive))
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{archive} is damaged ({e}): {dataset.get}") from None
     problem = _problem(data, spec)

@@ -93,7 +93,7 @@ def main(argv=None) -> None:
     cpu = torch.device("cpu")
     model = RawPixels(model_from_checkpoint(checkpoint, cpu, args.checkpoint),
                       checkpoint["mean"], checkpoint["std"]).eval()
-    dataset = checkpoint.get("dataset", "mnist")     # older checkpoints are all MNIST
+    dataset = checkpoint["dataset"]
     images, labels = datasets.load(args.data_dir, "test", dataset)
     pixels = images.unsqueeze(1).float() / 255
 

@@ -133,7 +133,7 @@ def open_in_viewer(path: str) -> None:
 def show_test_images(args, model, checkpoint, device, font
                      ) -> tuple[list[Image.Image], list[str]]:
     """The tiles of the chosen test images and the report's lines."""
-    images, labels = datasets.load(args.data_dir, "test", checkpoint.get("dataset", "mnist"))
+    images, labels = datasets.load(args.data_dir, "test", checkpoint["dataset"])
     # Only --errors has to predict every test image; the other modes predict just theirs.
     indices = torch.arange(len(labels)) if args.errors else pick_indices(args, len(labels))
     images, labels = images[indices], labels[indices]
@@ -149,16 +149,17 @@ def show_test_images(args, model, checkpoint, device, font
         lines.append(f"{len(wrong)} of {len(labels)} test images are misclassified; "
                      f"the {len(rows)} most confident mistakes:")
     classes = checkpoint["classes"]
-    width = max(map(len, classes))
-    lines.append(f"{'index':>5} {'predicted':>{max(9, width)}} {'actual':>{max(6, width)}} "
+    longest = max(map(len, classes))
+    guessed, actual = max(9, longest), max(6, longest)    # the columns' widths
+    lines.append(f"{'index':>5} {'predicted':>{guessed}} {'actual':>{actual}} "
                  f"{'confidence':>10}  result")
     tiles, right = [], 0
     for row in rows.tolist():
         p, guess, truth = float(confidence[row]), int(predicted[row]), int(labels[row])
         index = int(indices[row])
         right += guess == truth
-        lines.append(f"{index:>5} {classes[guess]:>{max(9, width)}} "
-                     f"{classes[truth]:>{max(6, width)}} {p:>10.2%}  "
+        lines.append(f"{index:>5} {classes[guess]:>{guessed}} {classes[truth]:>{actual}} "
+                     f"{p:>10.2%}  "
                      f"{'right' if guess == truth else 'WRONG'}")
         tiles.append(tile(enlarged(images[row]), [f"pred {classes[guess]} ({p:.0%})",
                                                   f"true {classes[truth]}  #{index}"],
@@ -207,7 +208,7 @@ def main(argv=None) -> None:
     device = engine.pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, device, args.checkpoint)
-    dataset = datasets.DATASETS[checkpoint.get("dataset", "mnist")]
+    dataset = datasets.DATASETS[checkpoint["dataset"]]
     if args.image and not dataset.digits:
         raise SystemExit(f"error: {args.checkpoint} was trained on {dataset.title}; --image "
                          f"reads handwritten digits, so it needs a model trained on MNIST")

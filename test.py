@@ -40,7 +40,7 @@ def report(args: argparse.Namespace) -> dict:
     device = engine.pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, device, args.checkpoint)
-    dataset = checkpoint.get("dataset", "mnist")     # older checkpoints are all MNIST
+    dataset = checkpoint["dataset"]
     images, labels = datasets.load(args.data_dir, "test", dataset)
     # Evaluate with the normalization the checkpoint was trained with (none for the tutorial's).
     batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,

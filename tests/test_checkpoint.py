@@ -46,7 +46,7 @@ def test_plain_state_dict_is_read_as_an_unnormalized_tutorial_model(tmp_path):
     path = tmp_path / "tutorial.pth"
     torch.save(LeNet5().state_dict(), path)
     checkpoint = load_checkpoint(path)
-    assert (checkpoint["mean"], checkpoint["std"]) == (0.0, 1.0)
+    assert (checkpoint["mean"], checkpoint["std"], checkpoint["dataset"]) == (0.0, 1.0, "mnist")
     model_from_checkpoint(checkpoint, CPU, path)
 
 

@@ -9,6 +9,8 @@ import torch
 import datasets
 from conftest import ROOT
 
+MNIST_FILES = datasets.DATASETS["mnist"].files
+
 
 def test_shipped_files_verify_and_hold_mnist():
     images, labels = datasets.load(ROOT / "data", "test")
@@ -17,14 +19,14 @@ def test_shipped_files_verify_and_hold_mnist():
     train_images, train_labels = datasets.load(ROOT / "data", "train")
     assert train_images.shape == (60_000, 28, 28)
     assert torch.bincount(train_labels).tolist()[:2] == [5923, 6742]
-    for spec in datasets.FILES.values():     # the extracted files are the canonical ones
+    for spec in MNIST_FILES.values():     # the extracted files are the canonical ones
         path = datasets.raw_dir(ROOT / "data") / spec.name
         assert hashlib.md5(path.read_bytes()).hexdigest() == spec.md5
 
 
 def test_first_use_extracts_next_to_the_archives_for_torchvision(data_copy):
     datasets.verify(data_copy)
-    for spec in datasets.FILES.values():
+    for spec in MNIST_FILES.values():
         assert (datasets.raw_dir(data_copy) / spec.name).stat().st_size == spec.size
     from torchvision.datasets import MNIST
     assert len(MNIST(data_copy, train=False)) == 10_000
@@ -56,7 +58,7 @@ def test_damaged_extracted_file_is_rebuilt_from_its_archive(data_copy):
     extracted = datasets.raw_dir(data_copy) / "t10k-images-idx3-ubyte"
     damage(extracted)
     images, _ = datasets.load(data_copy, "test")
-    assert hashlib.md5(extracted.read_bytes()).hexdigest() == datasets.FILES[("test", "images")].md5
+    assert hashlib.md5(extracted.read_bytes()).hexdigest() == MNIST_FILES[("test", "images")].md5
     assert images.shape == (10_000, 28, 28)
 
 
