@@ -6,6 +6,7 @@ large, off-centre, in colour, unevenly lit, with specks, or drawn on a transpare
 ``prepare`` bridges the two; ``show.py --image`` uses it.
 """
 from pathlib import Path
+from typing import IO
 
 import torch
 import torch.nn.functional as F
@@ -24,15 +25,17 @@ class ImageProblem(Exception):
     """The file is not a readable picture of a digit; the message says why."""
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """The picture upright (EXIF orientation applied), fully decoded."""
+def open_image(file: str | Path | IO[bytes], name: str | None = None) -> Image.Image:
+    """The picture in a file (a path or an open binary file, called ``name`` in messages)
+    upright (EXIF orientation applied), fully decoded."""
     try:
-        with Image.open(path) as image:
+        with Image.open(file) as image:
             image.load()
             return ImageOps.exif_transpose(image)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+            ValueError) as e:
         reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e)
-        raise ImageProblem(f"cannot read {path}: {reason}") from None
+        raise ImageProblem(f"cannot read {name or file}: {reason}") from None
 
 
 def grayscale(image: Image.Image) -> torch.Tensor:
@@ -54,8 +57,8 @@ def grayscale(image: Image.Image) -> torch.Tensor:
 
 
 def _tensor(image: Image.Image) -> torch.Tensor:
-    return torch.tensor(bytearray(image.tobytes()), dtype=torch.uint8
-                        ).view(image.height, image.width).float() / 255
+    return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8
+                            ).view(image.height, image.width).float() / 255
 
 
 def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -66,33 +69,50 @@ def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(x[None, None], size=shape, mode="area")[0, 0]
 
 
+def _window(pool, x: torch.Tensor, k: int, **options) -> torch.Tensor:
+    """``pool`` over a k x k window (k odd) centred on each pixel, as a column then a row
+    window: the same result for a maximum or a mean, in 2k steps per pixel instead of k²."""
+    x = pool(x[None, None], (k, 1), stride=1, padding=(k // 2, 0), **options)
+    return pool(x, (1, k), stride=1, padding=(0, k // 2), **options)[0, 0]
+
+
 def _min_pool(x: torch.Tensor, k: int) -> torch.Tensor:
-    return -F.max_pool2d(-x[None, None], k, stride=1, padding=k // 2)[0, 0]
+    return -_window(F.max_pool2d, -x, k)
 
 
 def _max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
-    return F.max_pool2d(x[None, None], k, stride=1, padding=k // 2)[0, 0]
+    return _window(F.max_pool2d, x, k)
 
 
-def ink_on_dark(x: torch.Tensor) -> torch.Tensor:
+def ink_on_dark(x: torch.Tensor, window: int | None = None) -> torch.Tensor:
     """Make the ink light on a dark background, with the paper's level and shading removed."""
     # Morphology with a window wider than any stroke erases the strokes and keeps the paper,
-    # uneven light included; what differs from it is ink.
-    k = max(3, (max(x.shape) // 6) | 1)
-
-    def smooth(t):
-        return F.avg_pool2d(t[None, None], k, stride=1, padding=k // 2,
-                            count_include_pad=False)[0, 0]
-
+    # uneven light included; what differs from it is ink. The window is a sixth of the
+    # picture unless the digit's size is known: a wider one would take shading near the
+    # borders for ink, a narrower one the inside of bold strokes for paper.
+    k = max(3, (window or max(x.shape) // 6) | 1)
     # The border is mostly paper; the ink is whichever side of it the extremes lie on. The
     # extremes are the outer 0.1 % of the pixels: a digit small on its page can cover under
     # 2 %, and coarser quantiles then see only paper and guess light ink.
     paper = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]]).median()
-    if paper - x.quantile(0.001) > x.quantile(0.999) - paper:
-        # Dark ink on light paper: light falls on both, so divide the paper's level out.
-        paper = smooth(_min_pool(_max_pool(x, k), k))
-        return (1 - x / paper.clamp(min=1e-3)).clamp(min=0)
-    return (x - smooth(_max_pool(_min_pool(x, k), k))).clamp(min=0)
+    light_paper = paper - x.quantile(0.001) > x.quantile(0.999) - paper
+    if light_paper:    # dark ink: light falls on paper and ink alike, so divide its level out
+        return (1 - x / _paper(x, k).clamp(min=1e-3)).clamp(min=0)
+    return (x + _paper(-x, k)).clamp(min=0)      # dark paper: the light paper of -x, negated
+
+
+def _paper(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The light background of ``x`` with every darker feature narrower than k removed (a
+    closing: the lightest value around each pixel, then the darkest of those), smoothed. The
+    paper varies slowly, so this is worked out on a grid of cells about k/8 wide, each taking
+    its lightest pixel, and spread back over the pixels: the same picture at a fraction of
+    the cost of k x k windows."""
+    cell = max(1, k // 8)
+    grid = F.max_pool2d(x[None, None], cell, ceil_mode=True)[0, 0]
+    w = max(3, (k // cell) | 1)
+    grid = _window(F.avg_pool2d, _min_pool(_max_pool(grid, w), w), w, count_include_pad=False)
+    return F.interpolate(grid[None, None], size=x.shape, mode="bilinear",
+                         align_corners=False)[0, 0]
 
 
 def _otsu(x: torch.Tensor) -> float:
@@ -127,28 +147,52 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     ids, sizes = labels[mask].unique(return_counts=True)
     main = ids[sizes.argmax()]
     rows, cols = (labels == main).nonzero().unbind(1)
-    margin = max(mask.shape) * 0.05
+
+    def within(r, c, margin):
+        return (r.min() >= rows.min() - margin and r.max() <= rows.max() + margin and
+                c.min() >= cols.min() - margin and c.max() <= cols.max() + margin)
+
+    # A part of the digit lies within it or close by and is not tiny (a stroke drawn apart);
+    # a speck far away is dropped however big it is against a small digit.
+    near = 0.5 * max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
     keep = torch.zeros_like(mask)
     for label, size in zip(ids.tolist(), sizes.tolist()):
         part = labels == label
         r, c = part.nonzero().unbind(1)
-        inside = (r.min() >= rows.min() - margin and r.max() <= rows.max() + margin and
-                  c.min() >= cols.min() - margin and c.max() <= cols.max() + margin)
-        if size >= 0.25 * sizes.max() or inside:
+        if within(r, c, max(mask.shape) * 0.05) or (size >= 0.25 * sizes.max() and
+                                                    within(r, c, near)):
             keep |= part
     cells = keep.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
     return cells[:ink.shape[0], :ink.shape[1]] & full
 
 
-def prepare(image: Image.Image) -> torch.Tensor:
-    """A 28x28 tensor in [0, 1], light digit on black, sized and centred as in MNIST."""
-    x = _shrink(grayscale(image), WORK_SIZE)
-    if x.max() - x.min() < MIN_CONTRAST:
-        raise ImageProblem("the picture is blank")
-    ink = ink_on_dark(x)
+def find_digit(x: torch.Tensor, window: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The picture's ink (light on dark) and where the digit is in it."""
+    ink = ink_on_dark(x, window)
     if ink.max() < MIN_CONTRAST:
         raise ImageProblem("no digit found in the picture")
-    keep = digit_mask(ink)
+    return ink, digit_mask(ink)
+
+
+def prepare(image: Image.Image) -> torch.Tensor:
+    """A 28x28 tensor in [0, 1], light digit on black, sized and centred as in MNIST."""
+    picture = grayscale(image)
+    x = _shrink(picture, WORK_SIZE)
+    if x.max() - x.min() < MIN_CONTRAST:
+        raise ImageProblem("the picture is blank")
+    ink, keep = find_digit(x)
+    rows, cols = keep.nonzero().unbind(1)
+    # Look again around the digit: at the picture's own pixels (a digit small on a large page
+    # lost its detail in the shrinking), with as much paper again on each side, and with a
+    # window of half the digit's size, wider than any of its strokes.
+    scale = max(picture.shape) / max(x.shape)
+    side = int(max(rows.max() - rows.min(), cols.max() - cols.min())) + 1
+    top, left = [max(0, int((low - side) * scale)) for low in (rows.min(), cols.min())]
+    bottom, right = [int((high + side + 1) * scale) for high in (rows.max(), cols.max())]
+    around = picture[top:bottom, left:right]
+    x = _shrink(around, WORK_SIZE)
+    ink, keep = find_digit(x, window=round(side * scale * max(x.shape) / max(around.shape) / 2))
     rows, cols = keep.nonzero().unbind(1)
     # Strokes fade out at their edges: widen the kept area a little so the fade survives.
     ink = ink * _max_pool(keep.float(), 5)

@@ -155,3 +155,10 @@ def small_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedPr
             assert result.returncode == 0, result.stderr
             runs[name] = save_dir, result
     return runs
+
+
+@pytest.fixture(scope="session")
+def reader() -> Path:
+    """A model that reads digits as well as the default recipe makes them (see
+    tests/data/README.md): for the typed-digit set and the drawing page."""
+    return ROOT / "tests" / "data" / "lenet5-mnist.pth"
