@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from atomic import write_atomic
-from datasets import CLASSES
+from datasets import CLASSES, DATASETS
 from engine import new_model
 from net import LeNet5
 
@@ -87,3 +87,11 @@ def model_from_checkpoint(checkpoint: dict, device: torch.device, path: str | Pa
         raise CheckpointError(f"{path} holds weights of another model ({first.rstrip('.')})"
                               ) from None
     return model.eval()
+
+
+def require_digits(checkpoint: dict, path: str | Path, reader: str) -> None:
+    """Refuse a model of clothing or kana for ``reader``, which reads handwritten digits."""
+    dataset = DATASETS[checkpoint["dataset"]]
+    if not dataset.digits:
+        raise CheckpointError(f"{path} was trained on {dataset.title}; {reader} reads "
+                              f"handwritten digits, so it needs a model trained on MNIST")

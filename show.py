@@ -24,7 +24,8 @@ import datasets
 import engine
 import handwriting
 from atomic import write_atomic
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
+                        require_digits)
 
 # A person's mistakes, each ended in one line by cli.run_script
 PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
@@ -208,10 +209,8 @@ def main(argv=None) -> None:
     device = engine.pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, device, args.checkpoint)
-    dataset = datasets.DATASETS[checkpoint["dataset"]]
-    if args.image and not dataset.digits:
-        raise SystemExit(f"error: {args.checkpoint} was trained on {dataset.title}; --image "
-                         f"reads handwritten digits, so it needs a model trained on MNIST")
+    if args.image:
+        require_digits(checkpoint, args.checkpoint, "--image")
     font = ImageFont.load_default(size=CAPTION_SIZE)
     show = show_own_images if args.image else show_test_images
     tiles, lines = show(args, model, checkpoint, device, font)

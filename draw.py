@@ -1,0 +1,197 @@
+"""A local web page to draw a digit with a mouse, a finger or a pen, or to drop a photo of one,
+and to watch the model read it while you draw.
+
+    python draw.py                  # then open the address it prints
+    python draw.py --port 0         # any free port
+
+The page (static/) is served from this machine only and fetches nothing from elsewhere. Every
+picture, drawn or uploaded, goes through the same preparation as ``show.py --image``.
+"""
+import cli
+
+if __name__ == "__main__":    # importing torch takes seconds: a stop during it ends quietly too
+    cli.stop_quietly_while_starting()
+
+import argparse
+import errno
+import http.server
+import io
+import json
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import torch
+
+import datasets
+import engine
+import handwriting
+from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
+                        require_digits)
+
+# A person's mistakes, each ended in one line by cli.run_script
+PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
+DEFAULT_PORT = 8028
+MAX_UPLOAD = 20_000_000       # bytes; a phone's photo is a few MB
+STATIC = Path(__file__).resolve().parent / "static"
+# The page's files, by address: nothing else under this folder or beside it is ever served.
+PAGES = {"/": "index.html", "/draw.js": "draw.js", "/draw.css": "draw.css"}
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Serve a local web page to draw a digit (or "
+                                                 "drop a photo of one) and see LeNet-5 read it.")
+    parser.add_argument("--checkpoint", default="save_model/best_model.pth",
+                        help="checkpoint to use (default: %(default)s)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=cli.ranged(int, 0, 65535), default=DEFAULT_PORT,
+                        help="port to listen on, 0 for any free one (default: %(default)s)")
+    parser.add_argument("--device", default="auto", choices=engine.DEVICES,
+                        help="where to run (default: %(default)s)")
+    parser.add_argument("--data-dir", default="data",
+                        help="data folder, for the test accuracy shown (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+class Reader:
+    """The checkpoint's model behind the page: a picture's bytes in, its reading out."""
+
+    def __init__(self, checkpoint: dict, model: torch.nn.Module, device: torch.device):
+        self.model, self.device = model, device
+        self.mean, self.std = checkpoint["mean"], checkpoint["std"]
+
+    def read(self, data: bytes) -> dict:
+        """The ten probabilities and the 28x28 image the model saw (0-255, row by row).
+        Raises ``handwriting.ImageProblem`` for a picture that cannot be read."""
+        prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(data), "the picture"))
+        x = ((prepared - self.mean) / self.std)[None, None].to(self.device)
+        probabilities = engine.predict(self.model, x)[0].cpu()
+        return {"probabilities": [round(p, 6) for p in probabilities.tolist()],
+                "seen": (prepared * 255).round().byte().flatten().tolist()}
+
+
+def describe(checkpoint: dict, path: str, test_accuracy: float | None) -> dict:
+    """What the page says about the model that answers."""
+    return {"checkpoint": path, "dataset": datasets.DATASETS[checkpoint["dataset"]].title,
+            "classes": checkpoint["classes"], "epoch": checkpoint.get("epoch"),
+            "val_accuracy": checkpoint.get("val_accuracy"), "test_accuracy": test_accuracy}
+
+
+def test_accuracy(checkpoint: dict, model, device, data_dir: str) -> float | None:
+    """The model's accuracy on its set's test images, or None when they are not at hand."""
+    try:
+        images, labels = datasets.load(data_dir, "test", checkpoint["dataset"])
+    except datasets.DataError:
+        return None
+    batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
+                               mean=checkpoint["mean"], std=checkpoint["std"])
+    return engine.evaluate(model, batches).accuracy
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """GET: the page's files and the model's description. POST /api/read: a picture's bytes.
+    Every answer to a bad request is a status and ``{"error": one line}``."""
+    server_version = "draw.py"
+    timeout = 30          # seconds a silent client may hold a connection
+
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        if path == "/api/model":
+            return self.send_json(200, self.server.model_info)
+        if path not in PAGES:
+            return self.send_error_json(404, f"no such page: {path}")
+        file = STATIC / PAGES[path]
+        self.send_bytes(200, file.read_bytes(), TYPES[file.suffix])
+
+    def do_POST(self):
+        path = urlsplit(self.path).path
+        length = self.headers.get("Content-Length", "")
+        if not length.isdigit():
+            return self.send_error_json(411, "send the picture with its length "
+                                             "(a Content-Length header)")
+        length = int(length)
+        if path != "/api/read":
+            self.discard(length)
+            return self.send_error_json(404, f"no such address: {path}")
+        if length > MAX_UPLOAD:
+            self.discard(length)
+            return self.send_error_json(413, f"the picture is {length / 1e6:.1f} MB; "
+                                             f"pictures up to {MAX_UPLOAD // 10**6} MB are read")
+        if length == 0:
+            return self.send_error_json(400, "nothing was sent: draw a digit or choose a picture")
+        data = self.rfile.read(length)
+        try:
+            return self.send_json(200, self.server.reader.read(data))
+        except handwriting.ImageProblem as e:
+            return self.send_error_json(400, str(e))
+
+    def discard(self, length: int) -> None:
+        """Read a body that will not be used, so the client hears the answer instead of a
+        reset connection."""
+        while length > 0:
+            chunk = self.rfile.read(min(length, 2**20))
+            if not chunk:
+                break
+            length -= len(chunk)
+
+    def send_json(self, status: int, value) -> None:
+        self.send_bytes(status, json.dumps(value).encode(), "application/json")
+
+    def send_error_json(self, status: int, message: str) -> None:
+        self.log_message("%s %s: %d %s", self.command, self.path[:200], status, message)
+        self.send_json(status, {"error": message})
+
+    def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_request(self, code="-", size="-"):
+        pass     # a line per stroke would bury the errors, which send_error_json logs
+
+
+def make_server(host: str, port: int, reader: Reader, model_info: dict
+                ) -> http.server.ThreadingHTTPServer:
+    """A server for the page, listening but not yet serving; several tabs are served at once."""
+    try:
+        server = http.server.ThreadingHTTPServer((host, port), Handler)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise SystemExit(f"error: port {port} is in use (another draw.py?): stop that "
+                             f"program or pass --port N (--port 0 picks a free one)") from None
+        raise SystemExit(f"error: cannot listen on {host}:{port} ({e.strerror or e}): "
+                         f"check --host and --port") from None
+    server.daemon_threads = True
+    server.reader, server.model_info = reader, model_info
+    return server
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = engine.pick_device(args.device)
+    checkpoint = load_checkpoint(args.checkpoint)
+    model = model_from_checkpoint(checkpoint, device, args.checkpoint)
+    require_digits(checkpoint, args.checkpoint, "the page")
+    accuracy = test_accuracy(checkpoint, model, device, args.data_dir)
+    server = make_server(args.host, args.port, Reader(checkpoint, model, device),
+                         describe(checkpoint, args.checkpoint, accuracy))
+    host, port = server.server_address[:2]
+    known = f", test accuracy {accuracy:.2%}" if accuracy is not None else ""
+    print(f"reading digits with {args.checkpoint} (epoch {checkpoint.get('epoch', '?')}{known})")
+    print(f"open http://{host}:{port}/ in a browser; Ctrl-C stops the page", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+
+
+if __name__ == "__main__":
+    cli.run_script(main, PROBLEMS)

@@ -1,0 +1,191 @@
+// The drawing page: strokes on a canvas (Pointer Events: mouse, touch and pen alike) are sent
+// as PNG bytes to draw.py, which prepares them as show.py --image does and answers with the ten
+// probabilities and the 28x28 image the model saw. Photos are sent as they are.
+"use strict";
+
+const pad = document.getElementById("pad");
+const ink = pad.getContext("2d");
+const seen = document.getElementById("seen").getContext("2d");
+const answer = document.getElementById("answer");
+const error = document.getElementById("error");
+const bars = document.getElementById("bars");
+let classes = [...Array(10).keys()].map(String);
+
+function blankPad() {
+  ink.fillStyle = "#fff";
+  ink.fillRect(0, 0, pad.width, pad.height);
+  ink.lineWidth = pad.width / 12;    // about MNIST's strokes against a digit this tall
+  ink.lineCap = ink.lineJoin = "round";
+  ink.strokeStyle = "#000";
+}
+
+function makeBars() {
+  bars.replaceChildren(...classes.map((name) => {
+    const row = document.createElement("li");
+    row.innerHTML = '<span class="label"></span><span class="bar"><span class="fill"></span>' +
+                    '</span><span class="percent">0%</span>';
+    row.querySelector(".label").textContent = name;
+    return row;
+  }));
+}
+
+function showError(message) {
+  error.textContent = message;
+  error.hidden = false;
+}
+
+function showReading(reading) {
+  error.hidden = true;
+  const p = reading.probabilities;
+  const best = p.indexOf(Math.max(...p));
+  answer.textContent = `Read as ${classes[best]} (${(100 * p[best]).toFixed(1)}%)`;
+  answer.dataset.digit = classes[best];
+  [...bars.children].forEach((row, i) => {
+    row.classList.toggle("top", i === best);
+    row.querySelector(".fill").style.width = `${100 * p[i]}%`;
+    row.querySelector(".percent").textContent = `${(100 * p[i]).toFixed(1)}%`;
+  });
+  const pixels = seen.createImageData(28, 28);
+  reading.seen.forEach((v, i) => {
+    pixels.data.set([v, v, v, 255], 4 * i);
+  });
+  seen.putImageData(pixels, 0, 0);
+}
+
+function clearReading() {
+  answer.textContent = "Draw a digit";
+  delete answer.dataset.digit;
+  error.hidden = true;
+  makeBars();
+  seen.clearRect(0, 0, 28, 28);
+}
+
+// One request at a time; what arrives meanwhile replaces what waits, so the answer follows
+// the pen without a queue of stale drawings. The page's state says when the answer is final
+// ("idle": nothing in flight, nothing waiting).
+let busy = false;
+let waiting = null;
+let cleared = 0;      // how many times Clear was pressed: older answers are not shown
+
+async function read(picture) {        // picture: a function giving the bytes to send
+  if (busy) {
+    waiting = picture;
+    return;
+  }
+  busy = true;
+  document.body.dataset.state = "reading";
+  const asked = cleared;
+  try {
+    const body = await picture();
+    const response = await fetch("/api/read", {method: "POST", body});
+    const reply = await response.json().catch(() => ({}));
+    if (asked !== cleared) return;
+    if (response.ok) showReading(reply);
+    else showError(reply.error || `the server answered ${response.status}`);
+  } catch (e) {
+    if (asked === cleared) showError("draw.py did not answer: is it still running?");
+  } finally {
+    busy = false;
+    if (waiting) {
+      const next = waiting;
+      waiting = null;
+      read(next);
+    } else {
+      document.body.dataset.state = "idle";
+    }
+  }
+}
+
+const drawing = () => new Promise((done) => pad.toBlob(done, "image/png"));
+
+let last = null;      // where the pen is while it touches the pad
+
+function at(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) * pad.width / box.width,
+          (event.clientY - box.top) * pad.height / box.height];
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  pad.setPointerCapture(event.pointerId);
+  last = at(event);
+  ink.beginPath();
+  ink.arc(...last, ink.lineWidth / 2, 0, 2 * Math.PI);
+  ink.fillStyle = "#000";
+  ink.fill();
+  read(drawing);
+});
+
+pad.addEventListener("pointermove", (event) => {
+  if (!last) return;
+  const points = event.getCoalescedEvents ? event.getCoalescedEvents() : [event];
+  ink.beginPath();
+  ink.moveTo(...last);
+  for (const point of points.length ? points : [event]) {
+    last = at(point);
+    ink.lineTo(...last);
+  }
+  ink.stroke();
+  read(drawing);
+});
+
+for (const end of ["pointerup", "pointercancel"]) {
+  pad.addEventListener(end, () => {
+    if (last) read(drawing);
+    last = null;
+  });
+}
+
+document.getElementById("clear").addEventListener("click", () => {
+  waiting = null;
+  cleared += 1;
+  blankPad();
+  clearReading();
+});
+
+async function readPhoto(file) {
+  document.body.dataset.state = "reading";     // the photo is decoded before it is sent
+  blankPad();
+  try {      // show the photo on the pad; the server reads the file itself
+    const photo = await createImageBitmap(file);
+    const scale = Math.min(pad.width / photo.width, pad.height / photo.height);
+    const w = photo.width * scale, h = photo.height * scale;
+    ink.drawImage(photo, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+  } catch (e) {
+    // not a picture the browser can show: the server's answer says what is wrong with it
+  }
+  read(async () => file);
+}
+
+document.getElementById("file").addEventListener("change", (event) => {
+  if (event.target.files.length) readPhoto(event.target.files[0]);
+  event.target.value = "";      // choosing the same file again reads it again
+});
+
+const drop = document.getElementById("drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("dragging");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("dragging"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("dragging");
+  if (event.dataTransfer.files.length) readPhoto(event.dataTransfer.files[0]);
+});
+
+function percent(x) {
+  return x == null ? "unknown" : `${(100 * x).toFixed(2)}%`;
+}
+
+fetch("/api/model").then((response) => response.json()).then((model) => {
+  classes = model.classes;
+  makeBars();
+  document.getElementById("model").textContent =
+    `Model: ${model.checkpoint} (${model.dataset}, epoch ${model.epoch ?? "?"}, ` +
+    `validation accuracy ${percent(model.val_accuracy)}, ` +
+    `test accuracy ${percent(model.test_accuracy)})`;
+}).catch(() => showError("draw.py did not answer: is it still running?"));
+
+blankPad();
+makeBars();

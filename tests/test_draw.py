@@ -1,0 +1,310 @@
+"""draw.py: the page's server answers every request, good or bad, and keeps answering; the page
+itself is driven in a real browser (headless Chromium) with real pointer strokes."""
+import http.client
+import io
+import json
+import math
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import datasets
+import draw
+import handwriting
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import ROOT, assert_one_line_error, run_main
+
+TEST_IMAGES, TEST_LABELS = datasets.load(ROOT / "data", "test")
+
+
+def start_server(checkpoint_path):
+    checkpoint = load_checkpoint(checkpoint_path)
+    device = torch.device("cpu")
+    model = model_from_checkpoint(checkpoint, device, checkpoint_path)
+    info = draw.describe(checkpoint, str(checkpoint_path.relative_to(ROOT)),
+                         draw.test_accuracy(checkpoint, model, device, ROOT / "data"))
+    server = draw.make_server("127.0.0.1", 0, draw.Reader(checkpoint, model, device), info)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(reader):
+    server = start_server(reader)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def request(server, method, path, body=None, headers=None):
+    """The status and decoded body of one request, sent exactly as given (no path cleaning)."""
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    connection.putrequest(method, path, skip_accept_encoding=True)
+    for name, value in (headers or {}).items():
+        connection.putheader(name, value)
+    if body is not None and "Content-Length" not in (headers or {}):
+        connection.putheader("Content-Length", str(len(body)))
+    connection.endheaders()
+    if body:
+        connection.send(body)
+    response = connection.getresponse()
+    data = response.read()
+    connection.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, json.loads(data) if kind == "application/json" else data
+
+
+def png(picture: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def drawing(index: int) -> Image.Image:
+    """MNIST test image ``index`` as a drawing pad would send it: black strokes on white,
+    enlarged to the pad's size."""
+    digit = Image.fromarray(255 - TEST_IMAGES[index].numpy()).resize((280, 280), Image.BICUBIC)
+    return digit.convert("RGBA")
+
+
+def test_the_page_and_its_files_are_served_and_fetch_nothing_from_elsewhere(server):
+    status, page = request(server, "GET", "/")
+    assert status == 200 and b'<canvas id="pad"' in page
+    for name in draw.PAGES.values():
+        text = (draw.STATIC / name).read_text()
+        assert not re.search(r"(https?:)?//[\w.-]+\.\w+/", text), name    # no CDN, no fonts
+    for address in re.findall(rb'(?:src|href)="([^"]+)"', page):
+        status, _ = request(server, "GET", address.decode())
+        assert status == 200, address
+
+
+@pytest.mark.parametrize("path", ["/../draw.py", "/static/../draw.py", "/%2e%2e/draw.py",
+                                  "/draw.py", "/..%2fdraw.py", "//etc/passwd",
+                                  "/draw.js/../../train.py", "/index.html", "/static/draw.js"])
+def test_no_file_outside_the_page_is_served(server, path):
+    status, body = request(server, "GET", path)
+    assert status == 404 and body["error"].startswith("no such page: /")
+
+
+def test_a_drawing_is_read_with_the_same_preparation_as_show(server):
+    picture = drawing(0)
+    status, reading = request(server, "POST", "/api/read", png(picture))
+    assert status == 200
+    probabilities = torch.tensor(reading["probabilities"])
+    assert probabilities.shape == (10,) and abs(float(probabilities.sum()) - 1) < 1e-4
+    assert int(probabilities.argmax()) == int(TEST_LABELS[0])
+    prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(png(picture))))
+    assert reading["seen"] == (prepared * 255).round().byte().flatten().tolist()
+
+
+def truncated_png() -> bytes:
+    noisy = Image.fromarray(torch.randint(0, 256, (200, 200), dtype=torch.uint8).numpy())
+    data = png(noisy)
+    return data[:len(data) // 2]
+
+
+@pytest.mark.parametrize("body, status, message", [
+    (b"", 400, "nothing was sent"),
+    (png(Image.new("RGBA", (280, 280), "white")), 400, "the picture is blank"),
+    (b"GIF89a? not really", 400, "cannot read the picture"),
+    (b"%PDF-1.4 a document", 400, "cannot read the picture: not an image"),
+    (truncated_png(), 400, "cannot read the picture: image file is truncated"),
+    (bytes(50_000_000), 413, "the picture is 50.0 MB; pictures up to 20 MB are read"),
+])
+def test_bad_input_gets_a_status_and_one_line_and_the_next_request_works(
+        server, body, status, message):
+    got, reply = request(server, "POST", "/api/read", body)
+    assert got == status and message in reply["error"] and "\n" not in reply["error"]
+    good, reading = request(server, "POST", "/api/read", png(drawing(1)))
+    assert good == 200 and len(reading["probabilities"]) == 10
+
+
+def test_requests_the_server_does_not_take(server):
+    status, reply = request(server, "POST", "/api/read", png(drawing(0)),
+                            {"Transfer-Encoding": "chunked", "Content-Length": "x"})
+    assert status == 411 and "Content-Length" in reply["error"]
+    status, reply = request(server, "POST", "/api/elsewhere", b"data")
+    assert status == 404 and reply["error"] == "no such address: /api/elsewhere"
+
+
+def test_several_tabs_at_once(server):
+    indices = range(2, 18)
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: request(server, "POST", "/api/read",
+                                                  png(drawing(i))), indices))
+    assert all(status == 200 for status, _ in replies)
+    read = [int(torch.tensor(r["probabilities"]).argmax()) for _, r in replies]
+    right = sum(r == int(TEST_LABELS[i]) for r, i in zip(read, indices))
+    assert right >= len(indices) - 1, read
+
+
+def test_the_page_says_which_model_answers(server, reader):
+    status, info = request(server, "GET", "/api/model")
+    checkpoint = load_checkpoint(reader)
+    assert status == 200
+    assert info["epoch"] == checkpoint["epoch"] and info["dataset"] == "MNIST"
+    assert info["val_accuracy"] == checkpoint["val_accuracy"]
+    assert 0.9 < info["test_accuracy"] <= 1 and info["classes"] == list("0123456789")
+
+
+def test_a_person_runs_it_a_second_one_finds_the_port_taken_ctrl_c_stops_it(trained):
+    command = [sys.executable, str(ROOT / "draw.py"), "--checkpoint",
+               str(trained / "best_model.pth"), "--port", "0"]
+    page = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        first = page.stdout.readline()
+        address = page.stdout.readline()
+        assert first.startswith(f"reading digits with {trained / 'best_model.pth'} (epoch 2, "
+                                f"test accuracy "), first
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", address)[1])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/")
+        assert connection.getresponse().status == 200
+        second = subprocess.run(command[:-1] + [str(port)], cwd=ROOT, capture_output=True,
+                                text=True, timeout=120)
+        assert_one_line_error(second, f"port {port} is in use", "--port")
+        page.send_signal(signal.SIGINT)
+        out, err = page.communicate(timeout=30)
+    finally:
+        page.kill()
+    assert page.returncode == 0 and err.strip() == "stopped", err
+
+
+def test_a_missing_checkpoint_or_another_data_set_is_one_line(tmp_path, small_runs,
+                                                              small_sets):
+    assert_one_line_error(run_main(draw, "--checkpoint", tmp_path / "none.pth"),
+                          "no checkpoint at", "python train.py")
+    fashion = small_runs["fashion-mnist"][0] / "best_model.pth"
+    assert_one_line_error(run_main(draw, "--checkpoint", fashion, "--data-dir", small_sets),
+                          "Fashion-MNIST", "needs a model trained on MNIST")
+
+
+# The page in a real browser ------------------------------------------------------------------
+
+def launch_browser(playwright):
+    """Debian's Chromium when it is installed, else Playwright's own download."""
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    return playwright.chromium.launch(executable_path=executable, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright "
+                                   "(pip install -r requirements-dev.txt)")
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = launch_browser(playwright)
+        except sync_api.Error as e:
+            pytest.skip(f"needs Chromium (Debian: apt-get install chromium): "
+                        f"{str(e).splitlines()[0]}")
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """The page open in a fresh tab that takes mouse and touch, and every address it asked."""
+    context = browser.new_context(has_touch=True, viewport={"width": 1000, "height": 640})
+    tab = context.new_page()
+    tab.asked = []
+    tab.on("request", lambda r: tab.asked.append(r.url))
+    tab.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+    tab.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
+    yield tab
+    context.close()
+
+
+def ellipse(cx, cy, rx, ry, steps=24):
+    return [(cx + rx * math.sin(2 * math.pi * t / steps),
+             cy - ry * math.cos(2 * math.pi * t / steps)) for t in range(steps + 1)]
+
+
+STROKES = {     # on the 280x280 pad, as a person draws them
+    "0": [ellipse(140, 140, 60, 95)],
+    "1": [[(150, 45), (145, 140), (140, 235)]],
+    "7": [[(75, 55), (205, 55), (160, 140), (120, 235)]],
+    "4": [[(170, 235), (170, 40), (70, 170), (215, 170)]],
+}
+
+
+def stroke_with_mouse(tab, points):
+    box = tab.locator("#pad").bounding_box()
+    tab.mouse.move(box["x"] + points[0][0], box["y"] + points[0][1])
+    tab.mouse.down()
+    for x, y in points[1:]:
+        tab.mouse.move(box["x"] + x, box["y"] + y, steps=6)
+    tab.mouse.up()
+
+
+def stroke_with_finger(tab, points):
+    """Touch events as a touchscreen sends them (Chromium makes them pointer events)."""
+    box = tab.locator("#pad").bounding_box()
+    cdp = tab.context.new_cdp_session(tab)
+    kinds = ["touchStart"] + ["touchMove"] * (len(points) - 1)
+    for kind, (x, y) in zip(kinds, points):
+        cdp.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [
+            {"x": box["x"] + x, "y": box["y"] + y}]})
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+
+
+def answer(tab) -> str:
+    """The digit the page shows once everything drawn or chosen has been read."""
+    tab.wait_for_function("document.body.dataset.state === 'idle'")
+    return tab.get_attribute("#answer", "data-digit")
+
+
+@pytest.mark.parametrize("digit", STROKES)
+def test_digits_drawn_with_the_mouse_are_read(page, digit):
+    for points in STROKES[digit]:
+        stroke_with_mouse(page, points)
+    assert answer(page) == digit, page.inner_text("#answer")
+    bars = page.locator("#bars li .percent").all_inner_texts()
+    assert len(bars) == 10 and abs(sum(float(b.rstrip("%")) for b in bars) - 100) < 1
+
+
+def test_a_digit_drawn_with_a_finger_is_read(page):
+    stroke_with_finger(page, STROKES["7"][0])
+    assert answer(page) == "7", page.inner_text("#answer")
+
+
+def test_a_photo_is_read_a_bad_file_is_an_error_and_nothing_is_fetched_elsewhere(
+        page, tmp_path, server):
+    photo = Image.new("L", (400, 300), 230)
+    photo.paste(Image.fromarray(255 - TEST_IMAGES[3].numpy()).resize((168, 168)), (150, 60))
+    ImageDraw.Draw(photo).ellipse([10, 10, 14, 14], fill=0)
+    photo.save(tmp_path / "photo.jpg")
+    page.set_input_files("#file", str(tmp_path / "photo.jpg"))
+    assert answer(page) == str(int(TEST_LABELS[3]))
+    seen = page.evaluate("Array.from(document.getElementById('seen').getContext('2d')"
+                         ".getImageData(0, 0, 28, 28).data.filter((_, i) => i % 4 == 0))")
+    assert max(seen) > 200 and sum(seen) / len(seen) < 80        # a light digit on black
+    (tmp_path / "notes.png").write_text("not a picture")
+    page.set_input_files("#file", str(tmp_path / "notes.png"))
+    page.wait_for_selector("#error:not([hidden])")
+    assert page.inner_text("#error") == "cannot read the picture: not an image"
+    page.click("#clear")
+    stroke_with_mouse(page, STROKES["1"][0])
+    assert answer(page) == "1" and page.is_hidden("#error")
+    base = f"http://127.0.0.1:{server.server_address[1]}/"
+    assert page.asked and all(url.startswith(base) for url in page.asked), page.asked
+
+
+def test_screenshot(page, tmp_path):
+    """The README's picture of the page, taken as the page is used."""
+    for points in STROKES["4"]:
+        stroke_with_mouse(page, points)
+    assert answer(page) == "4"
+    page.screenshot(path=tmp_path / "draw.png",
+                    clip={"x": 0, "y": 0, "width": 1000, "height": 560})
+    with Image.open(tmp_path / "draw.png") as shot:
+        assert shot.size == (1000, 560)
