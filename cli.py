@@ -57,6 +57,27 @@ def stops_raise_interrupted() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+class StopNote:
+    """The last stop signal received, or None: for processes that must stop together."""
+    signum: int | None = None
+
+
+@contextmanager
+def stops_noted() -> Iterator[StopNote]:
+    """Within the block, SIGINT and SIGTERM are only noted: processes training together stop
+    at the same step once they agree, instead of one leaving the others waiting for it."""
+    note = StopNote()
+
+    def take_note(signum, frame):
+        note.signum = signum
+    previous = {signum: signal.signal(signum, take_note) for signum in STOP_SIGNALS}
+    try:
+        yield note
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def run_script(main: Callable[[], None], problems: tuple[type[Exception], ...]) -> None:
     """Run a script's ``main``. A person's mistake (one of ``problems``) ends in one line,
     ``error: ...``, and status 1; Ctrl-C in one line and status 130; a reader that stops early

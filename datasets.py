@@ -265,12 +265,16 @@ class Batches:
     once per pass; batches are formed by indexing, with no per-sample Python work.
     ``generator`` (on ``device``) drives both the order and the augmentation, so one seed
     (and one saved state) fixes the whole data stream.
+
+    With ``part=(rank, parts)`` this process yields only its slice of each batch (split as
+    ``torch.tensor_split`` splits), while drawing the whole pass's random numbers as one
+    process would: the processes of a run together see exactly one process's batches.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  device: torch.device, mean: float = MEAN, std: float = STD,
                  shuffle: bool = False, augment: float = 0.0, flip: bool = False,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, part: tuple[int, int] = (0, 1)):
         """``augment`` is the strength of the random affine augmentation, ``flip`` adds random
         left-right mirroring; 0 and False turn them off."""
         if (shuffle or augment or flip) and generator is None:
@@ -280,6 +284,18 @@ class Batches:
         self.batch_size = batch_size
         self.mean, self.std = mean, std
         self.shuffle, self.augment, self.flip, self.generator = shuffle, augment, flip, generator
+        self.rank, self.parts = part
+
+    def batch_sizes(self) -> list[int]:
+        """The size of each whole batch of a pass, all processes' slices together."""
+        n = len(self.labels)
+        return [min(self.batch_size, n - start) for start in range(0, n, self.batch_size)]
+
+    def _slice(self, start: int, stop: int) -> tuple[int, int]:
+        """This process's rows of the batch ``start:stop``."""
+        size, extra = divmod(stop - start, self.parts)
+        first = start + self.rank * size + min(self.rank, extra)
+        return first, first + size + (self.rank < extra)
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -292,12 +308,12 @@ class Batches:
         theta = (random_affine_matrices(n, self.generator, self.augment, device, self.flip)
                  if self.augment or self.flip else None)
         for start in range(0, n, self.batch_size):
+            start, stop = self._slice(start, min(start + self.batch_size, n))
             if order is None:
-                x = self.images[start:start + self.batch_size]
-                y = self.labels[start:start + self.batch_size]
+                x, y = self.images[start:stop], self.labels[start:stop]
             else:
-                index = order[start:start + self.batch_size]
+                index = order[start:stop]
                 x, y = self.images[index], self.labels[index]
             if theta is not None:
-                x = warp(x, theta[start:start + self.batch_size])
+                x = warp(x, theta[start:stop])
             yield (x - self.mean) / self.std, y

@@ -88,14 +88,17 @@ class EMA:
 
 
 def _forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool,
-                      label_smoothing: float, graphed: bool = False
+                      label_smoothing: float, graphed: bool = False, weight: float = 1.0
                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch's mean loss and logits; the gradient is that of ``weight`` x the mean loss."""
     # Autocast's cache of bfloat16 weights must be off inside a CUDA graph capture.
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp,
                         cache_enabled=not graphed):
         logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-    loss.backward()
+        # A process whose slice of a short last batch is empty still joins DDP's gradient sum.
+        loss = (F.cross_entropy(logits, y, label_smoothing=label_smoothing) if len(y) else
+                logits.sum() * 0)
+    (loss if weight == 1.0 else loss * weight).backward()
     return loss.detach(), logits.detach()
 
 
@@ -155,6 +158,11 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     ignored elsewhere. Pass False for a ``torch.compile``d model, which manages its own.
     ``label_smoothing`` is passed to the training loss (so the reported loss includes it);
     ``ema``, if given, is updated after every optimizer step.
+
+    Under DistributedDataParallel ``batches`` yields this process's slice of every batch. DDP
+    averages the processes' gradients; each slice's loss is weighted by its share of the batch
+    times the number of processes, so the average is the whole batch's mean-loss gradient even
+    when a short last batch splits unevenly. The totals returned are those of all processes.
     """
     model.train()
     device = next(model.parameters()).device
@@ -162,7 +170,10 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     correct = torch.zeros((), dtype=torch.long, device=device)
     graphed = None
     seen = 0
+    parts = getattr(batches, "parts", 1)
+    sizes = iter(batches.batch_sizes()) if parts > 1 else None
     for x, y in batches:
+        weight = parts * len(y) / next(sizes) if sizes else 1.0
         if cuda_graph and device.type == "cuda" and graphed is None:
             graphed = _GraphedStep(model, x, y, loss_sum, correct, amp, label_smoothing)
         if graphed is not None and x.shape == graphed.x.shape:
@@ -170,7 +181,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         else:
             # Zeroed in place: with a graph, these gradient tensors are the ones it writes.
             optimizer.zero_grad(set_to_none=graphed is None)
-            loss, logits = _forward_backward(model, x, y, amp, label_smoothing)
+            loss, logits = _forward_backward(model, x, y, amp, label_smoothing, weight=weight)
             _add_to_totals(loss_sum, correct, loss, logits, y)
         optimizer.step()
         if ema is not None:
@@ -180,7 +191,15 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         seen += len(y)
         if on_step is not None:
             on_step(len(y), loss_sum, correct, seen)
-    return Result(loss_sum.item() / seen, int(correct.item()), seen)
+    if parts > 1:
+        seen = torch.tensor(seen, device=device)
+        _sum_over_processes(loss_sum, correct, seen)
+    return Result(loss_sum.item() / int(seen), int(correct.item()), int(seen))
+
+
+def _sum_over_processes(*tensors: torch.Tensor) -> None:
+    for tensor in tensors:
+        torch.distributed.all_reduce(tensor)
 
 
 @torch.inference_mode()
@@ -197,6 +216,8 @@ def evaluate(model: nn.Module, batches, num_classes: int = 10, amp: bool = False
         loss_sum += F.cross_entropy(logits, y, reduction="sum")
         confusion += torch.bincount(y * num_classes + logits.argmax(1),
                                     minlength=num_classes * num_classes)
+    if getattr(batches, "parts", 1) > 1:       # each process evaluated its slices
+        _sum_over_processes(loss_sum, confusion)
     model.train(was_training)
     confusion = confusion.view(num_classes, num_classes).cpu()
     total = int(confusion.sum())

@@ -3,6 +3,7 @@
     python train.py                      # the recipe in the block below
     python train.py --epochs 5 --lr 1e-3 # any setting can be overridden by a flag
     python train.py --resume             # continue save_model/last.pth after a stop
+    torchrun --standalone --nproc-per-node 2 train.py   # the same run in two processes (ddp.py)
 """
 import cli
 
@@ -13,6 +14,7 @@ import argparse
 import csv
 import functools
 import io
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ import torch
 from tqdm import tqdm
 
 import datasets
+import ddp
 import engine
 import plots
 from atomic import write_atomic
@@ -58,6 +61,7 @@ SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 # A person's mistakes, each ended in one line by cli.run_script
 PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
+STOP_CHECK_STEPS = 8    # with several processes, how often they agree whether to stop
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
 
@@ -164,9 +168,17 @@ def prepare_save_dir(path: str) -> Path:
     return folder
 
 
-def resume_state(args: argparse.Namespace, device: torch.device) -> dict:
-    """Read last.pth and make ``args`` the saved run's hyperparameters (checking conflicts)."""
-    state = load_checkpoint(Path(args.save_dir) / "last.pth")
+def resume_state(args: argparse.Namespace, device: torch.device, world: ddp.World) -> dict:
+    """Read last.pth (in the first process, for all) and make ``args`` the saved run's
+    hyperparameters (checking conflicts). The run may continue on another number of
+    processes: its data stream and state do not depend on it."""
+    try:
+        state = load_checkpoint(Path(args.save_dir) / "last.pth") if world.main else None
+    except CheckpointError as e:
+        state = e
+    state = ddp.share(state, world)
+    if isinstance(state, CheckpointError):
+        raise state
     if "optimizer" not in state:
         raise CheckpointError(f"{args.save_dir}/last.pth holds no training state to "
                               f"resume (only weights)")
@@ -186,7 +198,7 @@ def resume_state(args: argparse.Namespace, device: torch.device) -> dict:
     if done < planned and epochs != planned:
         raise cli.UsageError(f"the run stopped at epoch {done} of {planned}; resume it without "
                              f"--epochs, then extend it with --resume --epochs N")
-    if done == planned and epochs <= done:
+    if done == planned and epochs <= done and not world.restarts:
         raise cli.UsageError(f"the run in {args.save_dir}/last.pth finished all {done} epochs: "
                              f"pass --epochs N with N > {done} to train it further")
     for name in HYPERPARAMETERS:
@@ -195,8 +207,22 @@ def resume_state(args: argparse.Namespace, device: torch.device) -> dict:
     return state
 
 
-def make_batches(args, device: torch.device, generator: torch.Generator):
-    """Training, validation (None when --val-size is 0) and test batches. Every file is read
+def resumes_after_restart(args, world: ddp.World) -> bool:
+    """Whether torchrun restarted this run after a failure and last.pth holds this run."""
+    if not world.restarts or args.resume:
+        return args.resume
+    ours = False
+    if world.main:
+        try:
+            ours = load_checkpoint(Path(args.save_dir) / "last.pth").get("run_id") == world.run_id
+        except CheckpointError:    # none yet: the failure came before the first epoch ended
+            pass
+    return ddp.share(ours, world)
+
+
+def make_batches(args, device: torch.device, generator: torch.Generator, world: ddp.World):
+    """Training, validation (None when --val-size is 0) and test batches; with several
+    processes each takes its slice of every training and validation batch. Every file is read
     and verified here, before any training starts."""
     images, labels = datasets.load(args.data_dir, "train", args.dataset)
     test_images, test_labels = datasets.load(args.data_dir, "test", args.dataset)
@@ -208,12 +234,13 @@ def make_batches(args, device: torch.device, generator: torch.Generator):
     if val_size >= len(labels):
         raise cli.UsageError(f"--val-size {val_size} leaves no images to train on")
     train_idx, val_idx = datasets.train_val_split(len(labels), val_size, args.seed)
+    part = (world.rank, world.size)
     train_batches = datasets.Batches(images[train_idx], labels[train_idx], args.batch_size,
                                      device, mean, std, shuffle=True, generator=generator,
                                      augment=args.augment_strength if args.augment else 0.0,
-                                     flip=args.augment and args.flip)
+                                     flip=args.augment and args.flip, part=part)
     val_batches = (datasets.Batches(images[val_idx], labels[val_idx], engine.EVAL_BATCH_SIZE,
-                                    device, mean, std) if val_size else None)
+                                    device, mean, std, part=part) if val_size else None)
     return train_batches, val_batches, datasets.Batches(test_images, test_labels,
                                                         engine.EVAL_BATCH_SIZE, device, mean, std)
 
@@ -254,7 +281,7 @@ def restore(state: dict, args, model, ema, optimizer, generator, steps_per_epoch
 
 
 def make_checkpoint(args, judged, epoch: int, val: engine.Result | None,
-                    batches: datasets.Batches) -> dict:
+                    batches: datasets.Batches, world: ddp.World) -> dict:
     """What best_model.pth holds: the judged weights and everything needed to use them."""
     return {
         "format": CHECKPOINT_FORMAT, "model": judged.state_dict(),
@@ -262,14 +289,16 @@ def make_checkpoint(args, judged, epoch: int, val: engine.Result | None,
         "val_accuracy": val.accuracy if val else None, "dataset": args.dataset,
         "mean": batches.mean, "std": batches.std,
         "classes": list(datasets.DATASETS[args.dataset].classes),
-        "torch_version": str(torch.__version__),
+        "torch_version": str(torch.__version__), "processes": world.size,
     }
 
 
 def training_state(model, ema, optimizer, scheduler, generator, history: list[dict],
-                   best_val: float, device: torch.device) -> dict:
-    """What last.pth adds to the checkpoint so that --resume continues exactly."""
+                   best_val: float, device: torch.device, world: ddp.World) -> dict:
+    """What last.pth adds to the checkpoint so that --resume continues exactly (and torchrun's
+    id of the run, by which a restarted process knows the file is its own)."""
     return {
+        "run_id": world.run_id,
         "train_weights": model.state_dict() if ema else None,
         "ema_updates": ema.updates if ema else None,
         "optimizer": optimizer.state_dict(),
@@ -317,24 +346,50 @@ def what_a_stop_keeps(args, save_dir: Path, epoch: int) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    world, device = ddp.start(args.device)
+    # One process alone stops at once; processes training together note a stop and agree on
+    # the step to stop at, so that none is left waiting for another.
+    stops = cli.stops_noted() if world.size > 1 else cli.stops_raise_interrupted()
     try:
-        with cli.stops_raise_interrupted():
-            train(args)
+        with stops as note:
+            train(args, world, device, note)
     except cli.UsageError as e:
-        make_parser().error(str(e))
+        if world.main:
+            make_parser().error(str(e))
+        sys.exit(2)
     except cli.Interrupted as stop:
-        print(f"\nstopped by {stop}: {stop.kept}", file=sys.stderr)
+        if world.main:
+            print(f"\nstopped by {stop}: {stop.kept}", file=sys.stderr)
         sys.exit(128 + stop.signum)
+    except PROBLEMS:
+        if world.main:
+            raise
+        sys.exit(1)
+    except (torch.distributed.DistError, RuntimeError) as e:
+        if world.size == 1:
+            raise
+        # Another process died: torchrun stops this one and restarts all with --max-restarts.
+        sys.exit(f"error: process {world.rank} lost the others of the run "
+                 f"({str(e).splitlines()[0][:200]})")
+    finally:
+        ddp.stop()
 
 
-def train(args: argparse.Namespace) -> None:
-    device = engine.pick_device(args.device)
-    save_dir = prepare_save_dir(args.save_dir)
-    state = resume_state(args, device) if args.resume else None
+def train(args: argparse.Namespace, world: ddp.World, device: torch.device,
+          stop: cli.StopNote | None) -> None:
+    """The run; with several processes (``world``), only the first prints and writes files,
+    and all of them stop together at the step after ``stop`` notes a signal in any."""
+    say = print if world.main else lambda *_, **__: None
+    if args.batch_size % world.size:
+        raise cli.UsageError(f"--batch-size {args.batch_size} does not split evenly over "
+                             f"{world.size} processes: pick a multiple of {world.size}")
+    save_dir = prepare_save_dir(args.save_dir) if world.main else Path(args.save_dir)
+    args.resume = resumes_after_restart(args, world)
+    state = resume_state(args, device, world) if args.resume else None
 
     # Data: the generator drives the order and the augmentation of every pass.
     generator = torch.Generator(device).manual_seed(args.seed)
-    train_batches, val_batches, test_batches = make_batches(args, device, generator)
+    train_batches, val_batches, test_batches = make_batches(args, device, generator, world)
 
     # Model, weight average, optimizer and schedule (or all of them as a stopped run left them)
     torch.manual_seed(args.seed)
@@ -343,7 +398,12 @@ def train(args: argparse.Namespace) -> None:
     judged = ema.model if ema else model    # the weights validated, saved and tested
     optimizer = engine.new_optimizer(model, args.optimizer, args.lr, args.momentum,
                                      args.weight_decay)
-    step_model = torch.compile(model) if args.compile else model    # shares model's weights
+    step_model = model
+    if world.size > 1:   # averages the gradients of the processes during the backward pass
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if args.compile:
+        step_model = torch.compile(step_model)    # shares model's weights
     if state is None:
         scheduler, per_batch = make_scheduler(optimizer, args, args.epochs, len(train_batches))
         done, best_val, history = 0, -1.0, []
@@ -351,26 +411,34 @@ def train(args: argparse.Namespace) -> None:
         scheduler, per_batch = restore(state, args, model, ema, optimizer, generator,
                                        len(train_batches))
         done, best_val, history = state["epoch"], state["best_val_accuracy"], state["history"]
-        write_history(save_dir / "history.csv", history)
-        print(f"resuming {save_dir}/last.pth after epoch {done} of {args.epochs}")
+        if world.main:
+            write_history(save_dir / "history.csv", history)
+        say(f"resuming {save_dir}/last.pth after epoch {done} of {args.epochs}")
 
-    print(f"training LeNet-5 on {len(train_batches.labels):,} "
-          f"{datasets.DATASETS[args.dataset].title} images (validation "
-          f"{len(val_batches.labels) if val_batches else 0:,}) on {device.type} for "
-          f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}")
-    print(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "
-          f"{'lr':>8} {'time':>6} {'img/s':>7}")
+    processes = (f", {world.size} processes of {torch.get_num_threads()} thread"
+                 f"{'' if torch.get_num_threads() == 1 else 's'}" if world.size > 1 else "")
+    say(f"training LeNet-5 on {len(train_batches.labels):,} "
+        f"{datasets.DATASETS[args.dataset].title} images (validation "
+        f"{len(val_batches.labels) if val_batches else 0:,}) on {device.type} for "
+        f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}{processes}")
+    say(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "
+        f"{'lr':>8} {'time':>6} {'img/s':>7}")
     kept = what_a_stop_keeps(args, save_dir, done)
     try:
         for epoch in range(done + 1, args.epochs + 1):
             lr = optimizer.param_groups[0]["lr"]
             start = time.perf_counter()
             with tqdm(total=len(train_batches), desc=f"epoch {epoch}/{args.epochs}",
-                      unit="batch", leave=False, disable=None) as bar:
+                      unit="batch", leave=False, disable=None if world.main else True) as bar:
+                on_step = functools.partial(show_progress, bar)
+                if world.size > 1:
+                    on_step = stopping_together(on_step, stop, device)
+                # A CUDA graph cannot hold DDP's gradient all-reduce (it runs on its own
+                # stream, outside the captured one): under DDP each step is launched anew.
                 fit = engine.train_one_epoch(step_model, train_batches, optimizer,
-                                             scheduler if per_batch else None,
-                                             functools.partial(show_progress, bar),
-                                             amp=args.amp, cuda_graph=not args.compile,
+                                             scheduler if per_batch else None, on_step,
+                                             amp=args.amp,
+                                             cuda_graph=not args.compile and world.size == 1,
                                              label_smoothing=args.label_smoothing, ema=ema)
             train_seconds = time.perf_counter() - start
             if scheduler is not None and not per_batch:
@@ -378,31 +446,48 @@ def train(args: argparse.Namespace) -> None:
             val = engine.evaluate(judged, val_batches, amp=args.amp) if val_batches else None
             seconds = time.perf_counter() - start
 
-            checkpoint = make_checkpoint(args, judged, epoch, val, train_batches)
+            checkpoint = make_checkpoint(args, judged, epoch, val, train_batches, world)
             improved = (val.accuracy > best_val) if val else epoch == args.epochs
+            history.append(history_row(epoch, fit, val, lr))
             if improved:
                 best_val = val.accuracy if val else best_val
-                save_checkpoint(save_dir / "best_model.pth", checkpoint)
-            history.append(history_row(epoch, fit, val, lr))
-            write_history(save_dir / "history.csv", history)
-            plots.training_curves(history, save_dir / "curves.png")
-            save_checkpoint(save_dir / "last.pth", checkpoint | training_state(
-                model, ema, optimizer, scheduler, generator, history, best_val, device))
+            if world.main:
+                if improved:
+                    save_checkpoint(save_dir / "best_model.pth", checkpoint)
+                write_history(save_dir / "history.csv", history)
+                plots.training_curves(history, save_dir / "curves.png")
+                save_checkpoint(save_dir / "last.pth", checkpoint | training_state(
+                    model, ema, optimizer, scheduler, generator, history, best_val, device,
+                    world))
             kept = what_a_stop_keeps(args, save_dir, epoch)
-            print(f"{epoch:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {fmt(val, 'loss', '.4f'):>8} "
-                  f"{fmt(val, 'accuracy', '.2%'):>8} {lr:>8.2e} {seconds:>5.1f}s "
-                  f"{fit.total / train_seconds:>7,.0f}{'  best' if improved else ''}", flush=True)
+            say(f"{epoch:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {fmt(val, 'loss', '.4f'):>8} "
+                f"{fmt(val, 'accuracy', '.2%'):>8} {lr:>8.2e} {seconds:>5.1f}s "
+                f"{fit.total / train_seconds:>7,.0f}{'  best' if improved else ''}", flush=True)
 
         kept = (f"training had finished; {save_dir}/best_model.pth is complete "
                 f"(python test.py evaluates it)")
+        if not world.main:
+            return
         best = load_checkpoint(save_dir / "best_model.pth")
         tested = engine.evaluate(model_from_checkpoint(best, device, save_dir / "best_model.pth"),
                                  test_batches)
-    except cli.Interrupted as stop:
-        stop.kept = kept
+    except cli.Interrupted as interrupted:
+        interrupted.kept = kept
         raise
     print(f"best epoch {best['epoch']} saved to {save_dir}/best_model.pth")
     print(f"test accuracy {tested.accuracy:.2%} ({tested.errors} errors / {tested.total})")
+
+
+def stopping_together(on_step, stop: cli.StopNote, device: torch.device):
+    """``on_step``, and every STOP_CHECK_STEPS steps, stop every process if any of them noted
+    a signal. (Asking at every step cost 7 % of the throughput of two CPU processes.)"""
+    steps = itertools.count(1)
+
+    def step(*args) -> None:
+        on_step(*args)
+        if next(steps) % STOP_CHECK_STEPS == 0:
+            ddp.stop_together(stop, device)
+    return step
 
 
 if __name__ == "__main__":
