@@ -173,21 +173,27 @@ def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path):
                     "pick a multiple of 2"], result.stderr
 
 
-def test_sigterm_to_torchrun_stops_every_worker_cleanly(tmp_path):
+@pytest.mark.parametrize("signum, to_all", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["SIGTERM to torchrun", "Ctrl-C in its terminal"])
+def test_a_stop_ends_every_worker_cleanly(tmp_path, signum, to_all):
+    """Ctrl-C in a terminal reaches torchrun and its workers at once; a SIGTERM reaches
+    torchrun, which passes it on."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc-per-node=2", "train.py", *RUN, "--epochs", "20",
                "--save-dir", str(tmp_path)]
     run = subprocess.Popen(command, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)
     deadline = time.monotonic() + 120
     while not (tmp_path / "last.pth").exists():
         assert run.poll() is None and time.monotonic() < deadline, run.communicate()
         time.sleep(0.02)
     workers = subprocess.run(["pgrep", "-P", str(run.pid), "-f", "train.py"],
                              capture_output=True, text=True).stdout.split()
-    run.send_signal(signal.SIGTERM)
+    os.killpg(run.pid, signum) if to_all else run.send_signal(signum)
     out, err = run.communicate(timeout=120)
-    stops = [line for line in err.splitlines() if line.startswith("stopped by SIGTERM")]
+    name = signal.Signals(signum).name
+    stops = [line for line in err.splitlines() if line.startswith(f"stopped by {name}")]
     assert len(stops) == 1 and "last.pth holds epoch" in stops[0], err      # rank 0 alone
     assert 'train.py", line' not in err, err     # torchrun's own traceback, none from a rank
     saved = torch.load(tmp_path / "last.pth", weights_only=True)["epoch"]
