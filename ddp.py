@@ -88,7 +88,8 @@ def threads_per_process(world: World) -> int:
     given = os.environ.get("OMP_NUM_THREADS", "1")
     if given != "1":
         return torch.get_num_threads()
-    return max(1, len(os.sched_getaffinity(0)) // world.local_size)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // world.local_size)
 
 
 def stop() -> None:
