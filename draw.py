@@ -184,6 +184,9 @@ def main(argv=None) -> None:
     host, port = server.server_address[:2]
     known = f", test accuracy {accuracy:.2%}" if accuracy is not None else ""
     print(f"reading digits with {args.checkpoint} (epoch {checkpoint.get('epoch', '?')}{known})")
+    if host == "0.0.0.0":    # every address of this machine: this one works here
+        print(f"other machines reach the page at this machine's address, port {port}")
+        host = "127.0.0.1"
     print(f"open http://{host}:{port}/ in a browser; Ctrl-C stops the page", flush=True)
     try:
         server.serve_forever()
