@@ -83,11 +83,12 @@ def attempt_store(world: World) -> dist.Store:
 
 
 def threads_per_process(world: World) -> int:
-    """A fair share of this machine's cores, unless OMP_NUM_THREADS says otherwise. torchrun
-    sets OMP_NUM_THREADS=1 for every process when it is not set, so 1 counts as not set."""
-    given = os.environ.get("OMP_NUM_THREADS", "1")
-    if given != "1":
-        return torch.get_num_threads()
+    """A fair share of this machine's cores, unless OMP_NUM_THREADS says otherwise. When it
+    starts several processes on a machine, torchrun sets OMP_NUM_THREADS=1 where it is not
+    set: there, 1 counts as not set."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0 and (given != "1" or world.local_size == 1):
+        return int(given)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, (cores or 1) // world.local_size)
 

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+import ddp
 import test
 import train
 from conftest import ROOT, run_main
@@ -156,8 +157,10 @@ def test_two_nodes_on_one_machine_equal_one_node_of_two_processes(tmp_path, two_
     # the node that got rank 0 alone talks and writes.
     talked = [rank for rank in (0, 1) if "test accuracy" in results[rank][0]]
     assert len(talked) == 1 and results[1 - talked[0]][0] == "", results
+    # one process per machine: torchrun leaves OMP_NUM_THREADS alone, so the 1 given is kept
+    assert "2 processes of 1 thread" in results[talked[0]][0].splitlines()[0]
     assert not (tmp_path / f"node{1 - talked[0]}").exists()
-    # gloo sums over the network in another order than between two local processes
+    # Measured bit-identical here; the tolerance covers a transport that sums in another order.
     reference = two_processes[0]
     assert largest_difference(tmp_path / f"node{talked[0]}" / "last.pth",
                               reference / "last.pth") < TOLERANCE
@@ -211,3 +214,16 @@ def test_a_node_that_never_comes_ends_the_rendezvous_in_bounded_time(tmp_path):
                       timeout=120)
     assert result.returncode != 0 and time.monotonic() - started < 60
     assert "RendezvousTimeoutError" in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("given, local_size, expected", [
+    (None, 2, "share"), ("1", 2, "share"), ("1", 1, "given"), ("3", 2, "given")])
+def test_each_process_gets_a_fair_share_of_the_cores_unless_told(monkeypatch, given,
+                                                                 local_size, expected):
+    if given is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", given)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))   # 8 cores
+    threads = ddp.threads_per_process(ddp.World(size=local_size, local_size=local_size))
+    assert threads == (8 // local_size if expected == "share" else int(given))
