@@ -80,7 +80,7 @@ def describe(checkpoint: dict, path: str, test_accuracy: float | None) -> dict:
             "val_accuracy": checkpoint.get("val_accuracy"), "test_accuracy": test_accuracy}
 
 
-def test_accuracy(checkpoint: dict, model, device, data_dir: str) -> float | None:
+def accuracy_on_test_set(checkpoint: dict, model, device, data_dir: str) -> float | None:
     """The model's accuracy on its set's test images, or None when they are not at hand."""
     try:
         images, labels = datasets.load(data_dir, "test", checkpoint["dataset"])
@@ -178,7 +178,7 @@ def main(argv=None) -> None:
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, device, args.checkpoint)
     require_digits(checkpoint, args.checkpoint, "the page")
-    accuracy = test_accuracy(checkpoint, model, device, args.data_dir)
+    accuracy = accuracy_on_test_set(checkpoint, model, device, args.data_dir)
     server = make_server(args.host, args.port, Reader(checkpoint, model, device),
                          describe(checkpoint, args.checkpoint, accuracy))
     host, port = server.server_address[:2]
