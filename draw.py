@@ -172,18 +172,26 @@ def make_server(host: str, port: int, reader: Reader, model_info: dict
     return server
 
 
-def main(argv=None) -> None:
-    args = parse_args(argv)
+def open_page(args: argparse.Namespace) -> http.server.ThreadingHTTPServer:
+    """The page's server for ``args``, listening but not yet serving, with the checkpoint's
+    model behind it."""
     device = engine.pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, device, args.checkpoint)
     require_digits(checkpoint, args.checkpoint, "the page")
     accuracy = accuracy_on_test_set(checkpoint, model, device, args.data_dir)
-    server = make_server(args.host, args.port, Reader(checkpoint, model, device),
-                         describe(checkpoint, args.checkpoint, accuracy))
+    return make_server(args.host, args.port, Reader(checkpoint, model, device),
+                       describe(checkpoint, args.checkpoint, accuracy))
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    server = open_page(args)
     host, port = server.server_address[:2]
-    known = f", test accuracy {accuracy:.2%}" if accuracy is not None else ""
-    print(f"reading digits with {args.checkpoint} (epoch {checkpoint.get('epoch', '?')}{known})")
+    info = server.model_info
+    known = (f", test accuracy {info['test_accuracy']:.2%}"
+             if info["test_accuracy"] is not None else "")
+    print(f"reading digits with {args.checkpoint} (epoch {info['epoch'] or '?'}{known})")
     if host == "0.0.0.0":    # every address of this machine: this one works here
         print(f"other machines reach the page at this machine's address, port {port}")
         host = "127.0.0.1"

@@ -168,17 +168,32 @@ def prepare_save_dir(path: str) -> Path:
     return folder
 
 
-def resume_state(args: argparse.Namespace, device: torch.device, world: ddp.World) -> dict:
-    """Read last.pth (in the first process, for all) and make ``args`` the saved run's
-    hyperparameters (checking conflicts). The run may continue on another number of
-    processes: its data stream and state do not depend on it."""
-    try:
-        state = load_checkpoint(Path(args.save_dir) / "last.pth") if world.main else None
-    except CheckpointError as e:
-        state = e
+def saved_run(args: argparse.Namespace, world: ddp.World) -> dict | None:
+    """last.pth when this run continues one, else None: with --resume, or when torchrun
+    restarted the run after a failure and last.pth is this run's (by torchrun's run id). The
+    first process reads it, for all."""
+    if not (args.resume or world.restarts):
+        return None
+    state = None
+    if world.main:
+        try:
+            state = load_checkpoint(Path(args.save_dir) / "last.pth")
+        except CheckpointError as e:
+            state = e
+        if not args.resume and (isinstance(state, CheckpointError) or
+                                state.get("run_id") != world.run_id):
+            state = None    # the failure came before the first epoch ended, or an older run's
     state = ddp.share(state, world)
     if isinstance(state, CheckpointError):
         raise state
+    return state
+
+
+def adopt_saved_settings(args: argparse.Namespace, state: dict, device: torch.device,
+                         world: ddp.World) -> None:
+    """Make ``args`` the saved run's hyperparameters, refusing flags that contradict them. The
+    run may continue on another number of processes: its data stream and state do not depend
+    on it."""
     if "optimizer" not in state:
         raise CheckpointError(f"{args.save_dir}/last.pth holds no training state to "
                               f"resume (only weights)")
@@ -204,20 +219,6 @@ def resume_state(args: argparse.Namespace, device: torch.device, world: ddp.Worl
     for name in HYPERPARAMETERS:
         setattr(args, name, saved[name])
     args.epochs = epochs
-    return state
-
-
-def resumes_after_restart(args, world: ddp.World) -> bool:
-    """Whether torchrun restarted this run after a failure and last.pth holds this run."""
-    if not world.restarts or args.resume:
-        return args.resume
-    ours = False
-    if world.main:
-        try:
-            ours = load_checkpoint(Path(args.save_dir) / "last.pth").get("run_id") == world.run_id
-        except CheckpointError:    # none yet: the failure came before the first epoch ended
-            pass
-    return ddp.share(ours, world)
 
 
 def make_batches(args, device: torch.device, generator: torch.Generator, world: ddp.World):
@@ -384,8 +385,9 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device,
         raise cli.UsageError(f"--batch-size {args.batch_size} does not split evenly over "
                              f"{world.size} processes: pick a multiple of {world.size}")
     save_dir = prepare_save_dir(args.save_dir) if world.main else Path(args.save_dir)
-    args.resume = resumes_after_restart(args, world)
-    state = resume_state(args, device, world) if args.resume else None
+    state = saved_run(args, world)
+    if state is not None:
+        adopt_saved_settings(args, state, device, world)
 
     # Data: the generator drives the order and the augmentation of every pass.
     generator = torch.Generator(device).manual_seed(args.seed)

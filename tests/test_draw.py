@@ -1,5 +1,6 @@
 """draw.py: the page's server answers every request, good or bad, and keeps answering; the page
 itself is driven in a real browser (headless Chromium) with real pointer strokes."""
+import contextlib
 import http.client
 import io
 import json
@@ -19,26 +20,20 @@ from PIL import Image, ImageDraw
 import datasets
 import draw
 import handwriting
-from checkpoint import load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint
 from conftest import ROOT, assert_one_line_error, run_main
 
 TEST_IMAGES, TEST_LABELS = datasets.load(ROOT / "data", "test")
 
 
-def start_server(checkpoint_path):
-    checkpoint = load_checkpoint(checkpoint_path)
-    device = torch.device("cpu")
-    model = model_from_checkpoint(checkpoint, device, checkpoint_path)
-    info = draw.describe(checkpoint, str(checkpoint_path.relative_to(ROOT)),
-                         draw.accuracy_on_test_set(checkpoint, model, device, ROOT / "data"))
-    server = draw.make_server("127.0.0.1", 0, draw.Reader(checkpoint, model, device), info)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 @pytest.fixture(scope="module")
 def server(reader):
-    server = start_server(reader)
+    """The page as `python draw.py --port 0 --checkpoint tests/data/...` serves it, in this
+    process."""
+    with contextlib.chdir(ROOT):
+        server = draw.open_page(draw.parse_args(["--checkpoint", str(reader.relative_to(ROOT)),
+                                                 "--port", "0", "--device", "cpu"]))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server
     server.shutdown()
     server.server_close()
