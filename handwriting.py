@@ -8,6 +8,8 @@ large, off-centre, in colour, unevenly lit, with specks, or drawn on a transpare
 from pathlib import Path
 from typing import IO
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -18,6 +20,10 @@ WORK_SIZE = 256          # pictures are shrunk to at most this before the analys
 DIGIT_SIZE = 20          # MNIST's box for the digit's longer side
 CANVAS = datasets.SIDE      # MNIST's image side
 MIN_CONTRAST = 0.08      # ink this close to the background counts as no ink at all
+PAPER_SMOOTHING = 8      # the paper's level is averaged over windows 1/8 the closing's
+SHEET_SOLIDITY = 0.9     # a sheet fills this much of its convex outline (its ink aside)
+SHEET_COLOUR = 0.25      # a sheet of another colour than its surface differs by this
+SHEET_TRIM = 0.03        # share of a found sheet's sides cut off: its rim, the desk beyond
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -56,6 +62,13 @@ def grayscale(image: Image.Image) -> torch.Tensor:
     return _tensor(image.convert("L"))
 
 
+def saturation(image: Image.Image) -> torch.Tensor:
+    """How coloured each pixel is, in [0, 1] (HSV's saturation: a shadow leaves it as it is)."""
+    if image.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+        return torch.zeros(image.height, image.width)
+    return _tensor(image.convert("RGB").convert("HSV").getchannel("S"))
+
+
 def _tensor(image: Image.Image) -> torch.Tensor:
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8
                             ).view(image.height, image.width).float() / 255
@@ -92,9 +105,10 @@ def ink_on_dark(x: torch.Tensor, window: int | None = None) -> torch.Tensor:
     # borders for ink, a narrower one the inside of bold strokes for paper.
     k = max(3, (window or max(x.shape) // 6) | 1)
     # The border is mostly paper; the ink is whichever side of it the extremes lie on. The
+    # paper's level is the border's upper quartile: a shadow can only darken part of it. The
     # extremes are the outer 0.1 % of the pixels: a digit small on its page can cover under
     # 2 %, and coarser quantiles then see only paper and guess light ink.
-    paper = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]]).median()
+    paper = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]]).quantile(0.75)
     light_paper = paper - x.quantile(0.001) > x.quantile(0.999) - paper
     if light_paper:    # dark ink: light falls on paper and ink alike, so divide its level out
         return (1 - x / _paper(x, k).clamp(min=1e-3)).clamp(min=0)
@@ -102,17 +116,13 @@ def ink_on_dark(x: torch.Tensor, window: int | None = None) -> torch.Tensor:
 
 
 def _paper(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The light background of ``x`` with every darker feature narrower than k removed (a
-    closing: the lightest value around each pixel, then the darkest of those), smoothed. The
-    paper varies slowly, so this is worked out on a grid of cells about k/8 wide, each taking
-    its lightest pixel, and spread back over the pixels: the same picture at a fraction of
-    the cost of k x k windows."""
-    cell = max(1, k // 8)
-    grid = F.max_pool2d(x[None, None], cell, ceil_mode=True)[0, 0]
-    w = max(3, (k // cell) | 1)
-    grid = _window(F.avg_pool2d, _min_pool(_max_pool(grid, w), w), w, count_include_pad=False)
-    return F.interpolate(grid[None, None], size=x.shape, mode="bilinear",
-                         align_corners=False)[0, 0]
+    """The light background of ``x`` with every darker feature narrower than k removed: a
+    closing (the lightest value around each pixel, then the darkest of those), which keeps the
+    sharp edge of a shadow where it is, lightly smoothed."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (k, k))
+    paper = cv2.morphologyEx(x.numpy(), cv2.MORPH_CLOSE, kernel, borderType=cv2.BORDER_REPLICATE)
+    smooth = max(3, (k // PAPER_SMOOTHING) | 1)
+    return torch.from_numpy(cv2.blur(paper, (smooth, smooth)))
 
 
 def _otsu(x: torch.Tensor) -> float:
@@ -175,10 +185,79 @@ def find_digit(x: torch.Tensor, window: int | None = None
     return ink, digit_mask(ink)
 
 
+def _corners(outline: np.ndarray) -> np.ndarray | None:
+    """The four corners of a sheet's outline (top left, top right, bottom right, bottom left),
+    or None when the outline is not close to a quadrilateral."""
+    quad = cv2.approxPolyDP(outline, 0.04 * cv2.arcLength(outline, True), True)
+    if len(quad) != 4 or cv2.contourArea(quad) < 0.9 * cv2.contourArea(outline):
+        return None
+    quad = quad.reshape(4, 2).astype(np.float32)
+    total, difference = quad.sum(1), quad[:, 1] - quad[:, 0]
+    # The least turn that makes the sheet upright: a sheet turned up to 45 degrees either way
+    return quad[[total.argmin(), difference.argmin(), total.argmax(), difference.argmax()]]
+
+
+def find_sheet(x: torch.Tensor, saturation: torch.Tensor) -> np.ndarray | None:
+    """The corners of a sheet of paper (a page, a sticky note, a card) lying on a surface
+    in a picture (its brightness ``x`` and colour ``saturation``), or None when the picture is
+    all paper (or board) as far as can be told.
+
+    A sheet is a region lighter than its surroundings or of another colour (a shadow changes
+    the light, not the colour), nearly a quadrilateral, and mostly inside the photo: a region
+    cut off by a shadow or by the photo's edges runs along those edges instead.
+    """
+    candidates = [x]
+    if saturation.max() - saturation.min() > SHEET_COLOUR:
+        candidates += [saturation, 1 - saturation]
+    best = None
+    for channel in candidates:
+        gray = cv2.GaussianBlur((channel.numpy() * 255).astype(np.uint8), (0, 0), 2)
+        _, region = cv2.threshold(gray, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        outlines, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if not outlines:
+            continue
+        outline = max(outlines, key=cv2.contourArea)
+        corners = _sheet_corners(outline, gray.shape)
+        if corners is not None and (best is None or cv2.contourArea(outline) > best[0]):
+            best = cv2.contourArea(outline), corners
+    return None if best is None else best[1]
+
+
+def _sheet_corners(outline: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
+    """The corners of ``outline`` if it can be a sheet's in a picture of ``shape``."""
+    h, w = shape
+    area = cv2.contourArea(outline)
+    if not 0.05 * h * w < area < 0.92 * h * w:
+        return None
+    points = outline.reshape(-1, 2)
+    on_edge = ((points[:, 0] <= 1) | (points[:, 0] >= w - 2) |
+               (points[:, 1] <= 1) | (points[:, 1] >= h - 2)).mean()
+    if on_edge > 0.5 or area < SHEET_SOLIDITY * cv2.contourArea(cv2.convexHull(outline)):
+        return None
+    return _corners(outline)
+
+
+def flatten_sheet(picture: torch.Tensor, corners: np.ndarray) -> torch.Tensor:
+    """The sheet at ``corners`` (in ``picture``'s pixels) warped to an upright rectangle, its
+    edges trimmed so that neither the desk nor the sheet's own rim remains."""
+    top, right, bottom, left = (np.linalg.norm(corners[i] - corners[(i + 1) % 4])
+                                for i in range(4))
+    width, height = max(2, round(max(top, bottom))), max(2, round(max(left, right)))
+    target = np.float32([(0, 0), (width - 1, 0), (width - 1, height - 1), (0, height - 1)])
+    flat = cv2.warpPerspective(picture.numpy(), cv2.getPerspectiveTransform(corners, target),
+                               (width, height), flags=cv2.INTER_AREA)
+    trim_y, trim_x = max(1, round(height * SHEET_TRIM)), max(1, round(width * SHEET_TRIM))
+    return torch.from_numpy(np.ascontiguousarray(flat[trim_y:-trim_y, trim_x:-trim_x]))
+
+
 def prepare(image: Image.Image) -> torch.Tensor:
     """A 28x28 tensor in [0, 1], light digit on black, sized and centred as in MNIST."""
     picture = grayscale(image)
     x = _shrink(picture, WORK_SIZE)
+    corners = find_sheet(x, _shrink(saturation(image), WORK_SIZE))
+    if corners is not None:     # a photo of a sheet on a desk: the sheet alone, flattened
+        picture = flatten_sheet(picture, corners * (max(picture.shape) / max(x.shape)))
+        x = _shrink(picture, WORK_SIZE)
     if x.max() - x.min() < MIN_CONTRAST:
         raise ImageProblem("the picture is blank")
     ink, keep = find_digit(x)

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 import engine
 import handwriting
+import photos
 import datasets
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import ROOT
@@ -265,3 +266,56 @@ def test_typed_digits_in_every_font_are_read_by_a_trained_model(typed_set, reade
     wrong = [f"{digit} in {name} read as {int(r)} ({how})"
              for (name, digit, _, how), r in zip(cases, read) if r != digit]
     assert len(wrong) <= 0.02 * len(cases), "\n".join(wrong)
+
+
+# Photographs as people take them (tests/photos.py): paper on a desk, shadows, chalk ... ----
+
+@pytest.fixture(scope="module")
+def photo_readings(reader):
+    """Each photo of the fixed-seed set: its kind, its digit, and what the shipped model read."""
+    checkpoint = load_checkpoint(reader)
+    model = model_from_checkpoint(checkpoint, torch.device("cpu"), reader)
+    cases = photos.photo_set(TEST_IMAGES, TEST_LABELS, per_kind=20, seed=0)
+    prepared = torch.stack([handwriting.prepare(handwriting.open_image(io.BytesIO(data)))
+                            for _, _, data in cases])
+    x = ((prepared - checkpoint["mean"]) / checkpoint["std"]).unsqueeze(1)
+    return [(kind, digit, int(read))
+            for (kind, digit, _), read in zip(cases, engine.predict(model, x).argmax(1))]
+
+
+def test_photos_of_every_kind_are_read(photo_readings):
+    """At least 97 % of all photos and 90 % of each kind read right (docs/trust.md)."""
+    assert len(photo_readings) >= 300 and len(photos.KINDS) >= 15
+    right = sum(digit == read for _, digit, read in photo_readings)
+    assert right >= 0.97 * len(photo_readings), right
+    for kind in photos.KINDS:
+        of_kind = [(digit, read) for k, digit, read in photo_readings if k == kind]
+        misread = [f"{digit} read as {read}" for digit, read in of_kind if digit != read]
+        assert len(misread) <= 0.1 * len(of_kind), (kind, misread)
+
+
+def test_a_sheet_on_a_desk_is_found_and_flattened():
+    """The sheet's corners, however it lies, come back upright (top left first)."""
+    rng = random.Random(1)
+    sheet = np.ones((300, 200, 3)) * 0.95
+    surface = photos.desk(rng, (480, 640), "wood")
+    photo = Image.fromarray((photos.lay_on(rng, sheet, surface, (0.4, 0.5)) * 255
+                             ).astype(np.uint8))
+    x = handwriting._shrink(handwriting.grayscale(photo), handwriting.WORK_SIZE)
+    corners = handwriting.find_sheet(x, handwriting._shrink(handwriting.saturation(photo),
+                                                            handwriting.WORK_SIZE))
+    assert corners is not None
+    (tl, tr, br, bl) = corners
+    assert tl[0] < tr[0] and bl[0] < br[0] and tl[1] < bl[1] and tr[1] < br[1]
+    side_ratio = np.linalg.norm(tl - bl) / np.linalg.norm(tl - tr)
+    assert 1.2 < side_ratio < 1.8          # a portrait sheet stays portrait
+
+
+@pytest.mark.parametrize("paper", [0.95, 0.3])
+def test_a_page_filling_the_photo_is_no_sheet(paper):
+    """Paper (or a board) up to the photo's edges, even with a shadow: nothing to cut out."""
+    rng = random.Random(2)
+    x = photos.shadow(rng, np.full((480, 640, 3), paper))
+    x = torch.from_numpy(x[..., 0].astype(np.float32))
+    small = handwriting._shrink(x, handwriting.WORK_SIZE)
+    assert handwriting.find_sheet(small, torch.zeros_like(small)) is None
