@@ -18,11 +18,13 @@ import http.server
 import io
 import json
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import torch
 
+import confidence
 import datasets
 import engine
 import handwriting
@@ -33,11 +35,14 @@ from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
 PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 DEFAULT_PORT = 8028
 MAX_UPLOAD = 20_000_000       # bytes; a phone's photo is a few MB
+READING_AT_ONCE = 2           # pictures decoded at the same time; the others wait
+BUSY_WAIT = 20                # seconds a picture waits for its turn before "busy"
 STATIC = Path(__file__).resolve().parent / "static"
 # The page's files, by address: nothing else under this folder or beside it is ever served.
-PAGES = {"/": "index.html", "/draw.js": "draw.js", "/draw.css": "draw.css"}
+PAGES = {"/": "index.html", "/draw.js": "draw.js", "/draw.css": "draw.css",
+         "/favicon.svg": "favicon.svg"}
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-         ".css": "text/css; charset=utf-8"}
+         ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,20 +61,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class Reader:
+class PageReader:
     """The checkpoint's model behind the page: a picture's bytes in, its reading out."""
 
-    def __init__(self, checkpoint: dict, model: torch.nn.Module, device: torch.device):
-        self.model, self.device = model, device
+    def __init__(self, checkpoint: dict, reader: confidence.Reader, device: torch.device):
+        self.reader, self.device = reader, device
         self.mean, self.std = checkpoint["mean"], checkpoint["std"]
 
     def read(self, data: bytes) -> dict:
-        """The ten probabilities and the 28x28 image the model saw (0-255, row by row).
-        Raises ``handwriting.ImageProblem`` for a picture that cannot be read."""
+        """The calibrated probabilities, whether the picture holds a digit, and the 28x28 image
+        the model saw (0-255, row by row). Raises ``handwriting.ImageProblem`` for a picture
+        that cannot be read."""
         prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(data), "the picture"))
         x = ((prepared - self.mean) / self.std)[None, None].to(self.device)
-        probabilities = engine.predict(self.model, x)[0].cpu()
-        return {"probabilities": [round(p, 6) for p in probabilities.tolist()],
+        reading = self.reader.read(x)[0]
+        return {"probabilities": [round(p, 6) for p in reading.probabilities.tolist()],
+                "digit": reading.digit, "best": reading.best, "sure": round(reading.sure, 6),
                 "seen": (prepared * 255).round().byte().flatten().tolist()}
 
 
@@ -77,7 +84,8 @@ def describe(checkpoint: dict, path: str, test_accuracy: float | None) -> dict:
     """What the page says about the model that answers."""
     return {"checkpoint": path, "dataset": datasets.DATASETS[checkpoint["dataset"]].title,
             "classes": checkpoint["classes"], "epoch": checkpoint.get("epoch"),
-            "val_accuracy": checkpoint.get("val_accuracy"), "test_accuracy": test_accuracy}
+            "val_accuracy": checkpoint.get("val_accuracy"), "test_accuracy": test_accuracy,
+            "calibrated": "calibration" in checkpoint}
 
 
 def accuracy_on_test_set(checkpoint: dict, model, device, data_dir: str) -> float | None:
@@ -109,9 +117,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         path = urlsplit(self.path).path
         length = self.headers.get("Content-Length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):     # "²".isdigit() is True
             return self.send_error_json(411, "send the picture with its length "
-                                             "(a Content-Length header)")
+                                             "(a Content-Length header of digits)")
         length = int(length)
         if path != "/api/read":
             self.discard(length)
@@ -122,11 +130,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
                                              f"pictures up to {MAX_UPLOAD // 10**6} MB are read")
         if length == 0:
             return self.send_error_json(400, "nothing was sent: draw a digit or choose a picture")
-        data = self.rfile.read(length)
+        # Pictures are read a few at a time: each can take a hundred MB while it is decoded.
+        if not self.server.readers.acquire(timeout=BUSY_WAIT):
+            self.discard(length)
+            return self.send_error_json(503, "the page is busy reading other pictures: "
+                                             "try again in a moment")
         try:
+            data = self.rfile.read(length)
+            if len(data) < length:
+                return self.send_error_json(400, f"the picture was cut short ({len(data)} of "
+                                                 f"{length} bytes arrived)")
             return self.send_json(200, self.server.reader.read(data))
         except handwriting.ImageProblem as e:
             return self.send_error_json(400, str(e))
+        finally:
+            self.server.readers.release()
 
     def discard(self, length: int) -> None:
         """Read a body that will not be used, so the client hears the answer instead of a
@@ -137,11 +155,21 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 break
             length -= len(chunk)
 
+    def send_error(self, code, message=None, explain=None):
+        """A request too malformed to reach do_GET or do_POST (a bad request line, overlong
+        headers) is answered in JSON too."""
+        self.close_connection = True
+        # An unparsed request counts as HTTP/0.9, which would get the body without headers.
+        self.request_version = "HTTP/1.0"
+        self.send_error_json(code, message or http.HTTPStatus(code).phrase)
+
     def send_json(self, status: int, value) -> None:
         self.send_bytes(status, json.dumps(value).encode(), "application/json")
 
     def send_error_json(self, status: int, message: str) -> None:
-        self.log_message("%s %s: %d %s", self.command, self.path[:200], status, message)
+        # A request too malformed to parse has no command or path.
+        self.log_message("%s %s: %d %s", getattr(self, "command", None) or "-",
+                         (getattr(self, "path", None) or "-")[:200], status, message)
         self.send_json(status, {"error": message})
 
     def send_bytes(self, status: int, body: bytes, content_type: str) -> None:
@@ -156,7 +184,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass     # a line per stroke would bury the errors, which send_error_json logs
 
 
-def make_server(host: str, port: int, reader: Reader, model_info: dict
+def make_server(host: str, port: int, reader: PageReader, model_info: dict
                 ) -> http.server.ThreadingHTTPServer:
     """A server for the page, listening but not yet serving; several tabs are served at once."""
     try:
@@ -169,6 +197,7 @@ def make_server(host: str, port: int, reader: Reader, model_info: dict
                          f"check --host and --port") from None
     server.daemon_threads = True
     server.reader, server.model_info = reader, model_info
+    server.readers = threading.BoundedSemaphore(READING_AT_ONCE)
     return server
 
 
@@ -179,8 +208,11 @@ def open_page(args: argparse.Namespace) -> http.server.ThreadingHTTPServer:
     checkpoint = load_checkpoint(args.checkpoint)
     model = model_from_checkpoint(checkpoint, device, args.checkpoint)
     require_digits(checkpoint, args.checkpoint, "the page")
+    reader = confidence.Reader(model, checkpoint)
+    if not reader.calibrated:
+        print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
     accuracy = accuracy_on_test_set(checkpoint, model, device, args.data_dir)
-    return make_server(args.host, args.port, Reader(checkpoint, model, device),
+    return make_server(args.host, args.port, PageReader(checkpoint, reader, device),
                        describe(checkpoint, args.checkpoint, accuracy))
 
 

@@ -1,5 +1,5 @@
 """The training core: device switch, model, optimizer, weight average, one training epoch
-(replayed from a CUDA graph on a GPU), evaluation and prediction."""
+(replayed from a CUDA graph on a GPU), evaluation."""
 import copy
 from dataclasses import dataclass
 from typing import Callable
@@ -223,12 +223,3 @@ def evaluate(model: nn.Module, batches, num_classes: int = 10, amp: bool = False
     total = int(confusion.sum())
     return Result(loss_sum.item() / total, int(confusion.trace()), total, confusion)
 
-
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Class probabilities for a batch of normalized images."""
-    was_training = model.training
-    model.eval()
-    probabilities = model(x).softmax(1)
-    model.train(was_training)
-    return probabilities

@@ -15,6 +15,7 @@ if __name__ == "__main__":    # importing torch takes seconds: a stop during it 
 
 import argparse
 import json
+import sys
 import warnings
 
 import onnx
@@ -22,6 +23,7 @@ import onnxruntime
 import torch
 from torch import nn
 
+import confidence
 import datasets
 import engine
 from atomic import write_atomic
@@ -40,14 +42,17 @@ PROBLEMS = (datasets.DataError, CheckpointError, ExportError)
 
 
 class RawPixels(nn.Module):
-    """The model as an app calls it: raw pixels in [0, 1] in, logits out."""
+    """The model as an app calls it: raw pixels in [0, 1] in; the logits and the calibrated
+    probabilities (softmax of the logits / the checkpoint's temperature) out."""
 
-    def __init__(self, model: nn.Module, mean: float, std: float):
+    def __init__(self, model: nn.Module, mean: float, std: float, temperature: float):
         super().__init__()
         self.model, self.mean, self.std = model, mean, std
+        self.temperature = temperature
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model((pixels - self.mean) / self.std)
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model((pixels - self.mean) / self.std)
+        return logits, (logits / self.temperature).softmax(1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,7 +74,7 @@ def to_onnx(model: RawPixels, metadata: dict[str, str]) -> bytes:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")       # the exporter's notes on its own internals
         program = torch.onnx.export(model, (example,), input_names=["pixels"],
-                                    output_names=["logits"], verbose=False,
+                                    output_names=["logits", "probabilities"], verbose=False,
                                     dynamic_shapes=({0: torch.export.Dim("batch")},))
     proto = program.model_proto
     onnx.helper.set_model_props(proto, metadata)
@@ -82,7 +87,7 @@ def compare(onnx_bytes: bytes, pixels: torch.Tensor, expected: torch.Tensor
     """On how many images ONNX Runtime (CPU) picks the class that PyTorch's ``expected``
     logits pick, and the largest difference between the two sets of logits."""
     session = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    got = torch.cat([torch.from_numpy(session.run(None, {"pixels": batch.numpy()})[0])
+    got = torch.cat([torch.from_numpy(session.run(["logits"], {"pixels": batch.numpy()})[0])
                      for batch in pixels.split(engine.EVAL_BATCH_SIZE)])
     return int((got.argmax(1) == expected.argmax(1)).sum()), float((got - expected).abs().max())
 
@@ -91,8 +96,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     checkpoint = load_checkpoint(args.checkpoint)
     cpu = torch.device("cpu")
-    model = RawPixels(model_from_checkpoint(checkpoint, cpu, args.checkpoint),
-                      checkpoint["mean"], checkpoint["std"]).eval()
+    reader = confidence.Reader(model_from_checkpoint(checkpoint, cpu, args.checkpoint),
+                               checkpoint)
+    if not reader.calibrated:
+        print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
+    model = RawPixels(reader.model, checkpoint["mean"], checkpoint["std"],
+                      reader.temperature).eval()
     dataset = checkpoint["dataset"]
     images, labels = datasets.load(args.data_dir, "test", dataset)
     pixels = images.unsqueeze(1).float() / 255
@@ -100,10 +109,13 @@ def main(argv=None) -> None:
     metadata = {"classes": json.dumps(checkpoint["classes"]), "dataset": dataset,
                 "input": "pixels: N x 1 x 28 x 28 float32 in [0, 1], as the training images "
                          "(normalization inside the graph)",
+                "outputs": "logits: N x classes, as the network computes them; probabilities: "
+                           "softmax(logits / temperature), calibrated on the validation images",
+                "temperature": json.dumps(reader.temperature),
                 "epoch": json.dumps(checkpoint.get("epoch")),
                 "val_accuracy": json.dumps(checkpoint.get("val_accuracy"))}
     with torch.inference_mode():
-        expected = torch.cat([model(x) for x in pixels.split(engine.EVAL_BATCH_SIZE)])
+        expected = torch.cat([model(x)[0] for x in pixels.split(engine.EVAL_BATCH_SIZE)])
     correct = int((expected.argmax(1) == labels).sum())
     metadata["test_accuracy"] = json.dumps(correct / len(labels))
     onnx_bytes = to_onnx(model, metadata)

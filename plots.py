@@ -82,3 +82,24 @@ def confusion_matrix(confusion: list[list[int]], classes: list[str], title: str,
     class_axes.grid(axis="x", alpha=0.3)
     figure.suptitle(title)
     _save(figure, path)
+
+
+def reliability_diagram(before: list, after: list, temperature: float, title: str,
+                        path: str | Path) -> None:
+    """Accuracy against confidence per bin ((mean confidence, accuracy, count) rows), for the
+    network's own probabilities and the calibrated ones, above how many images each bin
+    holds: on the diagonal, a probability means what it says; a bin of a few images is noisy."""
+    figure = Figure(figsize=(6, 6.4), layout="constrained")
+    axes, counts = figure.subplots(2, 1, height_ratios=[3, 1], sharex=True)
+    axes.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1, label="perfect")
+    for rows, label, style in [(before, "the network's own", "o-"),
+                               (after, f"calibrated (temperature {temperature:.2f})", "s-")]:
+        confidence, accuracy, count = zip(*rows)
+        axes.plot(confidence, accuracy, style, ms=4, label=label)
+        counts.plot(confidence, count, style, ms=4)
+    axes.set(ylabel="accuracy", xlim=(0, 1.02), ylim=(0, 1.02), title=title)
+    counts.set(xlabel="confidence (probability of the answer)", ylabel="images", yscale="log")
+    for a in (axes, counts):
+        a.grid(alpha=0.3)
+    axes.legend(loc="upper left")
+    _save(figure, path)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+import confidence
 import datasets
 import engine
 import handwriting
@@ -131,7 +132,7 @@ def open_in_viewer(path: str) -> None:
         print(f"no image viewer found ({opener} is missing); open {path} yourself")
 
 
-def show_test_images(args, model, checkpoint, device, font
+def show_test_images(args, reader, checkpoint, device, font
                      ) -> tuple[list[Image.Image], list[str]]:
     """The tiles of the chosen test images and the report's lines."""
     images, labels = datasets.load(args.data_dir, "test", checkpoint["dataset"])
@@ -140,7 +141,7 @@ def show_test_images(args, model, checkpoint, device, font
     images, labels = images[indices], labels[indices]
     batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
                                mean=checkpoint["mean"], std=checkpoint["std"])
-    probabilities = torch.cat([engine.predict(model, x) for x, _ in batches]).cpu()
+    probabilities = torch.cat([reader.probabilities(x) for x, _ in batches])
     confidence, predicted = probabilities.max(1)
     rows = torch.arange(len(indices))
     lines = []
@@ -170,7 +171,7 @@ def show_test_images(args, model, checkpoint, device, font
     return tiles, lines
 
 
-def show_own_images(args, model, checkpoint, device, font
+def show_own_images(args, reader, checkpoint, device, font
                     ) -> tuple[list[Image.Image], list[str]]:
     """The tiles of the readable pictures and the report's lines; the others are named on
     stderr."""
@@ -185,9 +186,8 @@ def show_own_images(args, model, checkpoint, device, font
             problems.append(f"{path}: {e}")
             continue
         x = ((prepared - checkpoint["mean"]) / checkpoint["std"])[None, None].to(device)
-        top = engine.predict(model, x)[0].cpu().topk(3)
-        ranking = ", ".join(f"{classes[i]} {p:.1%}" for p, i in zip(*map(list, top)))
-        lines.append(f"{path}: {classes[top.indices[0]]}  (top 3: {ranking})")
+        reading = reader.read(x)[0]
+        lines.append(f"{path}: {describe(reading, classes)}")
         thumbnail = original.convert("RGBA")
         thumbnail.thumbnail((DIGIT_PX, DIGIT_PX))
         pair = Image.new("RGB", (DIGIT_PX * 2 + 8, DIGIT_PX), "white")
@@ -195,8 +195,9 @@ def show_own_images(args, model, checkpoint, device, font
                                (DIGIT_PX - thumbnail.height) // 2), thumbnail)
         pair.paste(enlarged((prepared * 255).round().byte()), (DIGIT_PX + 8, 0))
         name = path.name if len(path.name) <= 28 else path.name[:25] + "..."
-        tiles.append(tile(pair, [name, f"seen as {classes[top.indices[0]]} "
-                                       f"({float(top.values[0]):.0%})"], False, font))
+        caption = (f"seen as {classes[reading.best]} ({reading.sure:.0%})" if reading.digit
+                   else f"no digit ({classes[reading.best]}? {reading.sure:.0%})")
+        tiles.append(tile(pair, [name, caption], not reading.digit, font))
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
     if not tiles:
@@ -204,16 +205,30 @@ def show_own_images(args, model, checkpoint, device, font
     return tiles, lines
 
 
+def describe(reading: confidence.Reading, classes: list[str]) -> str:
+    """One picture's reading in words: the digit and how sure, or that there is none."""
+    top = reading.probabilities.topk(3)
+    others = ", ".join(f"{classes[i]} {p:.1%}" for p, i in zip(top.values[1:].tolist(),
+                                                               top.indices[1:].tolist()))
+    if not reading.digit:
+        return (f"not a digit (closest: {classes[reading.best]} {reading.sure:.1%}, "
+                f"then {others})")
+    return f"{classes[reading.best]}  ({reading.sure:.1%} sure; then {others})"
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = engine.pick_device(args.device)
     checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, device, args.checkpoint)
+    reader = confidence.Reader(model_from_checkpoint(checkpoint, device, args.checkpoint),
+                               checkpoint)
     if args.image:
         require_digits(checkpoint, args.checkpoint, "--image")
+    if not reader.calibrated:
+        print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
     font = ImageFont.load_default(size=CAPTION_SIZE)
     show = show_own_images if args.image else show_test_images
-    tiles, lines = show(args, model, checkpoint, device, font)
+    tiles, lines = show(args, reader, checkpoint, device, font)
     if not tiles:
         print("nothing to draw: every test image is classified correctly")
         return

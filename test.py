@@ -10,7 +10,12 @@ if __name__ == "__main__":    # importing torch takes seconds: a stop during it 
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
+import torch
+
+import confidence
 import datasets
 import engine
 import plots
@@ -33,7 +38,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--confusion", default="save_model/confusion.png", metavar="PATH",
                         help="where to draw the confusion matrix (default: %(default)s)")
-    return parser.parse_args(argv)
+    parser.add_argument("--reliability", metavar="PATH",
+                        help="where to draw the reliability diagram (default: reliability.png "
+                             "beside the confusion matrix)")
+    args = parser.parse_args(argv)
+    if args.reliability is None:
+        args.reliability = str(Path(args.confusion).with_name("reliability.png"))
+    return args
 
 
 def report(args: argparse.Namespace) -> dict:
@@ -47,6 +58,13 @@ def report(args: argparse.Namespace) -> dict:
                                mean=checkpoint["mean"], std=checkpoint["std"])
     result = engine.evaluate(model, batches)
     confusion = result.confusion.tolist()
+    reader = confidence.Reader(model, checkpoint)
+    if not reader.calibrated:
+        print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
+    x = torch.cat([x for x, _ in batches])
+    readings = reader.read(x)
+    logits, _ = confidence.logits_and_maps(model, x)
+    raw, calibrated = logits.softmax(1), torch.stack([r.probabilities for r in readings])
     per_class = [row[i] / max(sum(row), 1) for i, row in enumerate(confusion)]
     return {
         "checkpoint": str(args.checkpoint),
@@ -59,6 +77,14 @@ def report(args: argparse.Namespace) -> dict:
         "total": result.total,
         "per_class_accuracy": dict(zip(checkpoint["classes"], per_class)),
         "confusion": confusion,
+        "temperature": reader.temperature,
+        "calibration_error_before": confidence.calibration_error(raw, labels),
+        "calibration_error": confidence.calibration_error(calibrated, labels),
+        "reliability_before": confidence.reliability(raw, labels),
+        "reliability": confidence.reliability(calibrated, labels),
+        "refused_as_not_digit": (sum(not r.digit for r in readings) / len(readings)
+                                 if reader.calibrated and datasets.DATASETS[dataset].digits
+                                 else None),
     }
 
 
@@ -69,6 +95,11 @@ def print_table(r: dict) -> None:
     print(f"checkpoint  {r['checkpoint']} ({trained})")
     print(f"test loss   {r['loss']:.4f}")
     print(f"accuracy    {r['accuracy']:.2%} ({r['errors']} errors / {r['total']})")
+    print(f"calibration error {r['calibration_error']:.2%} with temperature "
+          f"{r['temperature']:.3f} (the network's own probabilities: "
+          f"{r['calibration_error_before']:.2%})")
+    if r["refused_as_not_digit"] is not None:
+        print(f"refused as not a digit: {r['refused_as_not_digit']:.2%} of the test images")
     print()
     classes = list(r["per_class_accuracy"])
     kind = class_word(r["dataset"])
@@ -105,11 +136,19 @@ def main(argv=None) -> None:
     except OSError as e:
         raise SystemExit(f"error: cannot write {args.confusion} ({e.strerror or e}): "
                          f"pass another --confusion PATH") from None
+    try:
+        plots.reliability_diagram(r["reliability_before"], r["reliability"], r["temperature"],
+                                  f"{r['checkpoint']}: calibration on the test images",
+                                  args.reliability)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {args.reliability} ({e.strerror or e}): "
+                         f"pass another --reliability PATH") from None
     if args.json:
         print(json.dumps(r, indent=2))
     else:
         print_table(r)
-        print(f"\nconfusion matrix drawn in {args.confusion}")
+        print(f"\nconfusion matrix drawn in {args.confusion}, reliability diagram in "
+              f"{args.reliability}")
 
 
 if __name__ == "__main__":

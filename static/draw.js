@@ -30,16 +30,31 @@ function makeBars() {
 }
 
 function showError(message) {
+  clearReading();          // an answer left beside the error would seem to be about this picture
+  answer.textContent = "No reading";
   error.textContent = message;
-  error.hidden = false;
+  error.hidden = false;      // role="alert" speaks it
+}
+
+// Words for how sure a reading is; the probabilities are calibrated (a reading shown at 90 %
+// is right about 9 times in 10), so the words can follow them.
+function sureness(p) {
+  return p >= 0.95 ? "sure" : p >= 0.7 ? "fairly sure" : "unsure";
 }
 
 function showReading(reading) {
   error.hidden = true;
   const p = reading.probabilities;
-  const best = p.indexOf(Math.max(...p));
-  answer.textContent = `Read as ${classes[best]} (${(100 * p[best]).toFixed(1)}%)`;
-  answer.dataset.digit = classes[best];
+  const best = reading.best;
+  const percent = `${(100 * p[best]).toFixed(1)}%`;
+  document.body.dataset.reading = reading.digit ? "digit" : "none";
+  if (reading.digit) {
+    answer.textContent = `Read as ${classes[best]}: ${sureness(p[best])} (${percent})`;
+    answer.dataset.digit = classes[best];
+  } else {
+    answer.textContent = `Not a digit (closest: ${classes[best]}, ${percent})`;
+    delete answer.dataset.digit;
+  }
   [...bars.children].forEach((row, i) => {
     row.classList.toggle("top", i === best);
     row.querySelector(".fill").style.width = `${100 * p[i]}%`;
@@ -55,9 +70,17 @@ function showReading(reading) {
 function clearReading() {
   answer.textContent = "Draw a digit";
   delete answer.dataset.digit;
+  delete document.body.dataset.reading;
   error.hidden = true;
   makeBars();
   seen.clearRect(0, 0, 28, 28);
+}
+
+// Screen readers hear the final answer once, when the pen is up and nothing is pending, not
+// every reading on the way.
+const spoken = document.getElementById("spoken");
+function announce(text) {
+  spoken.textContent = text;
 }
 
 // One request at a time; what arrives meanwhile replaces what waits, so the answer follows
@@ -92,6 +115,7 @@ async function read(picture) {        // picture: a function giving the bytes to
       read(next);
     } else {
       document.body.dataset.state = "idle";
+      if (!last && error.hidden) announce(answer.textContent);
     }
   }
 }
@@ -146,6 +170,8 @@ document.getElementById("clear").addEventListener("click", () => {
 async function readPhoto(file) {
   document.body.dataset.state = "reading";     // the photo is decoded before it is sent
   blankPad();
+  clearReading();
+  answer.textContent = "Reading the photo…";
   try {      // show the photo on the pad; the server reads the file itself
     const photo = await createImageBitmap(file);
     const scale = Math.min(pad.width / photo.width, pad.height / photo.height);
@@ -184,7 +210,10 @@ fetch("/api/model").then((response) => response.json()).then((model) => {
   document.getElementById("model").textContent =
     `Model: ${model.checkpoint} (${model.dataset}, epoch ${model.epoch ?? "?"}, ` +
     `validation accuracy ${percent(model.val_accuracy)}, ` +
-    `test accuracy ${percent(model.test_accuracy)})`;
+    `test accuracy ${percent(model.test_accuracy)}). ` +
+    (model.calibrated ? "A reading shown at 90% is right about 9 times in 10."
+                      : "Its probabilities are not calibrated, and it never says " +
+                        "\u201cnot a digit\u201d.");
 }).catch(() => showError("draw.py did not answer: is it still running?"));
 
 blankPad();

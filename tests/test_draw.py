@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,6 +76,7 @@ def test_the_page_and_its_files_are_served_and_fetch_nothing_from_elsewhere(serv
     assert status == 200 and b'<canvas id="pad"' in page
     for name in draw.PAGES.values():
         text = (draw.STATIC / name).read_text()
+        text = re.sub(r'xmlns="[^"]*"', "", text)      # an SVG's namespace names, fetches nothing
         assert not re.search(r"(https?:)?//[\w.-]+\.\w+/", text), name    # no CDN, no fonts
     for address in re.findall(rb'(?:src|href)="([^"]+)"', page):
         status, _ = request(server, "GET", address.decode())
@@ -128,6 +130,100 @@ def test_requests_the_server_does_not_take(server):
     assert status == 411 and "Content-Length" in reply["error"]
     status, reply = request(server, "POST", "/api/elsewhere", b"data")
     assert status == 404 and reply["error"] == "no such address: /api/elsewhere"
+
+
+def test_a_drawing_says_whether_it_is_a_digit_and_how_sure(server):
+    status, reading = request(server, "POST", "/api/read", png(drawing(0)))
+    assert status == 200 and reading["digit"] is True
+    assert reading["best"] == int(TEST_LABELS[0]) and reading["sure"] > 0.95
+    scribble = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(scribble).line([(40, 40), (240, 60), (50, 140), (230, 170), (60, 240),
+                                   (220, 230), (120, 30)], fill=0, width=20, joint="curve")
+    status, reading = request(server, "POST", "/api/read", png(scribble))
+    assert status == 200 and reading["digit"] is False
+
+
+@pytest.mark.parametrize("headers, status", [
+    ({"Content-Length": "\u00b2".encode("latin-1").decode("latin-1")}, 411),   # "²".isdigit()
+    ({"Content-Length": "-5"}, 411),
+    ({"Content-Length": "12 34"}, 411),
+])
+def test_a_malformed_length_gets_a_json_answer(server, headers, status):
+    got, reply = request(server, "POST", "/api/read", b"", headers)
+    assert got == status and "Content-Length" in reply["error"]
+
+
+def raw_exchange(server, data: bytes, half_close: bool = False) -> tuple[int, dict]:
+    """Bytes sent as they are on a socket; the status and JSON body that come back."""
+    import socket
+    with socket.create_connection(server.server_address[:2], timeout=60) as connection:
+        connection.sendall(data)
+        if half_close:
+            connection.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Type: application/json" in head, head
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"NONSENSE\r\n\r\n", 400),
+    (b"GET / HTTP/9.9\r\n\r\n", 505),                  # HTTP's own answer to an unknown version
+    (b"GET /" + b"a" * 70000 + b" HTTP/1.1\r\n\r\n", 414),
+    (b"POST /api/read HTTP/1.1\r\n" + b"X: y\r\n" * 200 + b"\r\n", 431)])
+def test_a_malformed_request_gets_a_json_answer(server, data, expected):
+    status, reply = raw_exchange(server, data)
+    assert status == expected and reply["error"]
+
+
+def test_a_body_shorter_than_its_length_is_refused(server):
+    status, reply = raw_exchange(server, b"POST /api/read HTTP/1.1\r\nContent-Length: 5000"
+                                         b"\r\n\r\n" + png(drawing(0))[:100], half_close=True)
+    assert status == 400 and "cut short" in reply["error"]
+    good, reading = request(server, "POST", "/api/read", png(drawing(1)))
+    assert good == 200
+
+
+def huge_png(side: int = 12000) -> bytes:
+    """A small file (about 170 kB) that claims side x side pixels: one stroke on white."""
+    picture = Image.new("1", (side, side), 1)
+    ImageDraw.Draw(picture).line([(side // 3, side // 4), (side // 2, 3 * side // 4)], fill=0,
+                                 width=side // 40)
+    return png(picture)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory in /proc")
+def test_huge_pictures_are_refused_by_their_size_and_the_server_keeps_its_memory(reader):
+    """Sixteen uploads at once of a small file claiming 144 megapixels: each is refused from
+    its header, the server's peak memory stays near its idle size, and the page still reads."""
+    page = subprocess.Popen([sys.executable, str(ROOT / "draw.py"), "--checkpoint", str(reader),
+                             "--port", "0", "--device", "cpu"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        page.stdout.readline()
+        port = int(re.search(r":(\d+)/", page.stdout.readline())[1])
+        served = type("Served", (), {"server_address": ("127.0.0.1", port)})
+
+        def peak_mb():
+            status = open(f"/proc/{page.pid}/status").read()
+            return int(re.search(r"VmHWM:\s+(\d+) kB", status)[1]) / 1024
+
+        assert request(served, "POST", "/api/read", png(drawing(0)))[0] == 200
+        idle = peak_mb()
+        body = huge_png()
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(lambda _: request(served, "POST", "/api/read", body),
+                                    range(16)))
+        assert all(status == 400 and "12000 x 12000 pixels" in reply["error"] and
+                   "megapixels" in reply["error"] for status, reply in replies), replies[0]
+        assert peak_mb() - idle < 100, (idle, peak_mb())
+        status, reading = request(served, "POST", "/api/read", png(drawing(2)))
+        assert status == 200 and reading["best"] == int(TEST_LABELS[2])
+    finally:
+        page.kill()
+        page.communicate()
 
 
 def test_several_tabs_at_once(server):
@@ -304,3 +400,100 @@ def test_screenshot(page, tmp_path):
                     clip={"x": 0, "y": 0, "width": 1000, "height": 560})
     with Image.open(tmp_path / "draw.png") as shot:
         assert shot.size == (1000, 560)
+
+
+TANGLE = [(140 + 90 * math.cos(0.245 * i) * math.cos(0.0805 * i), 140 + 90 * math.sin(0.385 * i))
+          for i in range(60)]
+
+
+def test_a_scribble_and_a_line_are_not_digits(page):
+    for points in [TANGLE, [(40, 150), (240, 160)]]:
+        page.click("#clear")
+        stroke_with_mouse(page, points)
+        assert answer(page) is None, page.inner_text("#answer")
+        assert page.inner_text("#answer").startswith("Not a digit (closest: ")
+        assert page.evaluate("document.body.dataset.reading") == "none"
+
+
+@pytest.mark.parametrize("corner", [(15, 15), (185, 185)])
+def test_a_small_digit_in_a_corner_is_read_like_a_large_one(page, corner):
+    """The page's pen is 23 px wide whatever the digit's size."""
+    small = [[(corner[0] + 0.3 * x, corner[1] + 0.3 * y) for x, y in stroke]
+             for stroke in STROKES["7"]]
+    for points in small:
+        stroke_with_mouse(page, points)
+    assert answer(page) == "7", page.inner_text("#answer")
+    assert "sure" in page.inner_text("#answer")
+
+
+def test_an_error_clears_the_previous_reading(page, tmp_path):
+    stroke_with_mouse(page, STROKES["1"][0])
+    assert answer(page) == "1"
+    (tmp_path / "notes.png").write_text("not a picture")
+    page.set_input_files("#file", str(tmp_path / "notes.png"))
+    page.wait_for_selector("#error:not([hidden])")
+    answer(page)
+    assert page.inner_text("#answer") == "No reading"
+    assert set(page.locator("#bars li .percent").all_inner_texts()) == {"0%"}
+    seen = page.evaluate("Array.from(document.getElementById('seen').getContext('2d')"
+                         ".getImageData(0, 0, 28, 28).data)")
+    assert max(seen) == 0
+
+
+def test_on_a_phone_the_answer_the_error_and_the_28x28_view_are_on_screen(browser, server,
+                                                                         tmp_path):
+    context = browser.new_context(has_touch=True, is_mobile=True,
+                                  viewport={"width": 390, "height": 844})
+    tab = context.new_page()
+    tab.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+    tab.wait_for_function("document.getElementById('model').textContent.startsWith('Model:')")
+    stroke_with_finger(tab, STROKES["7"][0])
+    assert answer(tab) == "7"
+    for selector in ("#answer", "#seen", "#bars li:last-child"):
+        box = tab.locator(selector).bounding_box()
+        assert box["y"] + box["height"] <= 844 and box["x"] + box["width"] <= 390, selector
+    (tmp_path / "notes.png").write_text("not a picture")
+    tab.set_input_files("#file", str(tmp_path / "notes.png"))
+    tab.wait_for_selector("#error:not([hidden])")
+    box = tab.locator("#error").bounding_box()
+    assert box["y"] + box["height"] <= 844
+    context.close()
+
+
+def test_choose_a_photo_is_reached_with_the_keyboard(page):
+    reached = []
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("document.activeElement.id"))
+    assert "clear" in reached and "file" in reached, reached
+
+
+def test_the_final_answer_is_announced_once_per_stroke_not_per_reading(page):
+    page.evaluate("""window.announced = [];
+        new MutationObserver(() => announced.push(document.getElementById('spoken').textContent))
+            .observe(document.getElementById('spoken'), {childList: true, characterData: true,
+                                                        subtree: true});""")
+    eight = [ellipse(140, 90, 45, 50), ellipse(140, 190, 55, 50)]
+    for points in eight:
+        stroke_with_mouse(page, points)
+        answer(page)
+    announced = page.evaluate("announced")
+    assert 1 <= len(announced) <= len(eight), announced
+    assert announced[-1] == page.inner_text("#answer")
+
+
+def test_a_photo_shows_that_it_is_being_read_and_no_request_fails(page, tmp_path, server):
+    photo = Image.new("RGB", (3000, 2000), (235, 235, 230))
+    photo.paste(Image.fromarray(255 - TEST_IMAGES[5].numpy()).resize((900, 900)), (1000, 500))
+    photo.save(tmp_path / "big.jpg", quality=90)
+    failed = []
+    page.on("response", lambda r: r.status >= 400 and failed.append(r.url))
+    page.evaluate("""window.states = [];
+        new MutationObserver(() => states.push(document.getElementById('answer').textContent))
+            .observe(document.getElementById('answer'), {childList: true, subtree: true});""")
+    page.set_input_files("#file", str(tmp_path / "big.jpg"))
+    assert answer(page) == str(int(TEST_LABELS[5]))
+    assert "Reading the photo…" in page.evaluate("states")
+    assert not failed, failed
+    status, _ = request(server, "GET", "/favicon.svg")
+    assert status == 200

@@ -41,10 +41,14 @@ def test_the_file_takes_raw_pixels_in_any_batch_size_and_describes_itself(traine
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     with torch.inference_mode():
         expected = model((pixels - checkpoint["mean"]) / checkpoint["std"])
+    calibrated = (expected / checkpoint["calibration"]["temperature"]).softmax(1)
     for count in (1, 7):                         # the batch size is not baked in
-        got = session.run(None, {"pixels": pixels[:count].numpy()})[0]
+        got, probabilities = session.run(None, {"pixels": pixels[:count].numpy()})
         assert got.shape == (count, 10)
         assert np.abs(got - expected[:count].numpy()).max() < export.MAX_LOGIT_DIFFERENCE
+        assert np.abs(probabilities - calibrated[:count].numpy()).max() < 1e-5
+    assert json.loads(session.get_modelmeta().custom_metadata_map["temperature"]) == \
+        checkpoint["calibration"]["temperature"]
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == checkpoint["classes"] and meta["dataset"] == "mnist"
     assert json.loads(meta["epoch"]) == checkpoint["epoch"]

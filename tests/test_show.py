@@ -61,12 +61,14 @@ def test_shown_predictions_are_the_models_own(trained, tmp_path):
     import engine
     import datasets
     from checkpoint import load_checkpoint, model_from_checkpoint
+    from confidence import Reader
     checkpoint = load_checkpoint(trained / "best_model.pth")
     model = model_from_checkpoint(checkpoint, torch.device("cpu"), "best_model.pth")
     images, labels = datasets.load(ROOT / "data", "test")
     batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, torch.device("cpu"),
                                mean=checkpoint["mean"], std=checkpoint["std"])
-    confidence, predicted = torch.cat([engine.predict(model, x) for x, _ in batches]).max(1)
+    reader = Reader(model, checkpoint)        # the calibrated probabilities
+    confidence, predicted = torch.cat([reader.probabilities(x) for x, _ in batches]).max(1)
     for request, count in ((["--start", "37"], 12), (["--random", "--seed", "3"], 9)):
         result = run_main(show, "--checkpoint", trained / "best_model.pth", *request,
                           "--count", count, "--out", tmp_path / "p.png")
@@ -118,10 +120,11 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
     result = run_main(show, "--checkpoint", trained / "best_model.pth", "--image", folder,
                       tmp_path / "missing.jpg", "--out", out)
     assert result.returncode == 0, result.stderr
-    answers = dict(re.findall(r"(\S+\.(?:jpg|png)): (\d)  \(top 3: ", result.stdout))
+    # A two-epoch model may find a picture no digit; each still gets its line of figures.
+    reading = r"(?:\d  \(\d+\.\d% sure;|not a digit \(closest: \d \d+\.\d%,)"
+    answers = dict(re.findall(rf"(\S+\.(?:jpg|png)): ({reading})", result.stdout))
     assert set(answers) == {str(folder / "seven.jpg"), str(folder / "one.png")}
-    assert re.search(r"one\.png: \d  \(top 3: \d \d+\.\d%, \d \d+\.\d%, \d \d+\.\d%\)",
-                     result.stdout)
+    assert re.search(rf"one\.png: {reading} then \d \d+\.\d%, \d \d+\.\d%\)", result.stdout)
     skipped = result.stderr.strip().splitlines()
     assert len(skipped) == 3 and all(line.startswith("skipped ") for line in skipped)
     assert "broken.png" in result.stderr and "not an image" in result.stderr
@@ -172,3 +175,32 @@ def test_another_data_set_is_shown_with_its_class_names(small_runs, small_sets, 
 
     refused = run_main(show, "--checkpoint", checkpoint, "--image", tmp_path / "p.png")
     assert_one_line_error(refused, "trained on Fashion-MNIST", "needs a model trained on MNIST")
+
+
+def test_own_pictures_say_not_a_digit_and_how_sure(reader, tmp_path):
+    """Photos of digits are read with how sure; pictures without one say so and name the
+    closest digit; every file is still read."""
+    import sys
+    sys.path.insert(0, str(ROOT / "tests"))
+    import datasets
+    import nondigits
+    import photos
+    images, labels = datasets.load(ROOT / "data", "test")
+    digits = photos.photo_set(images, labels, per_kind=1, seed=4)[:5]
+    for i, (_, digit, data) in enumerate(digits):
+        (tmp_path / f"a{i}.jpg").write_bytes(data)
+    others = [picture for kind, picture in nondigits.nondigit_set(per_kind=1, seed=5)
+              if kind in ("noise", "hatching", "dot")]
+    for i, picture in enumerate(others):
+        picture.save(tmp_path / f"b{i}.png")
+    result = run_main(show, "--checkpoint", reader, "--image", tmp_path, "--out",
+                      tmp_path / "own.png")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for i, (_, digit, _) in enumerate(digits):
+        line = next(l for l in lines if f"a{i}.jpg" in l)
+        assert re.search(rf"a{i}\.jpg: {digit}  \(\d+\.\d% sure; then ", line), line
+    for i in range(len(others)):
+        line = next(l for l in lines if f"b{i}.png" in l)
+        assert re.search(rf"b{i}\.png: not a digit \(closest: \d \d+\.\d%, then ", line), line
+    assert (tmp_path / "own.png").exists()

@@ -1,0 +1,193 @@
+"""How far to trust a reading: probabilities that mean what they say, and "no digit here".
+
+Calibration (Guo et al. 2017): label smoothing leaves the network underconfident (every sure
+answer near 91 %), so the logits are divided by one temperature, fitted on the validation
+split by minimizing the negative log-likelihood.
+
+"No digit here": the network names a digit for anything, a scribble or a letter included. Two
+things tell a digit from the rest: how typical the picture's S4 maps (the 16 5x5 maps before C5)
+are of the digit class they are closest to (a Mahalanobis distance to the class means of the
+training images, Lee et al. 2018), and how sure the calibrated reading is. Each is turned into
+the share of validation digits that look at least as unusual (an empirical p-value), and the two
+are combined by Fisher's method; a picture less typical than ``REFUSED_DIGITS`` of the
+validation digits is refused. docs/trust.md has the choice of the rule and its measurements.
+"""
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.classification import multiclass_calibration_error
+
+from net import LeNet5
+
+REFUSED_DIGITS = 0.01     # share of validation digits that the rule refuses, by construction
+TYPICAL_LAYER = 5         # LeNet5.net[5]: S4, the pooled C3 maps (16 x 5 x 5)
+FIT_BATCH = 2000
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The temperature T that minimizes the mean NLL of softmax(logits / T)."""
+    logits, labels = logits.detach().float().cpu(), labels.cpu()
+    log_t = torch.zeros((), requires_grad=True)      # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+    optimizer.step(closure)
+    return float(log_t.detach().exp())
+
+
+@contextmanager
+def watching_s4(model: LeNet5):
+    """Within the block, ``maps[0]`` holds the S4 maps (flattened) of the latest forward pass."""
+    maps = [None]
+    hook = model.net[TYPICAL_LAYER].register_forward_hook(
+        lambda module, inputs, output: maps.__setitem__(0, output.flatten(1).float()))
+    try:
+        yield maps
+    finally:
+        hook.remove()
+
+
+@torch.no_grad()
+def logits_and_maps(model: LeNet5, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits and S4 maps of normalized images ``x``, in batches, on the CPU."""
+    was_training = model.training
+    model.eval()
+    logits, maps = [], []
+    with watching_s4(model) as watched:
+        for batch in x.split(FIT_BATCH):
+            logits.append(model(batch).float().cpu())
+            maps.append(watched[0].cpu())
+    model.train(was_training)
+    return torch.cat(logits), torch.cat(maps)
+
+
+def _distance(maps: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """The squared Mahalanobis distance of each row of ``maps`` to the nearest class mean."""
+    distances = []
+    for rows in maps.split(FIT_BATCH):
+        d = rows[:, None, :] - means[None]
+        distances.append(torch.einsum("nci,ij,ncj->nc", d, precision, d).min(1).values)
+    return torch.cat(distances)
+
+
+def _unusual(score: torch.Tensor, typical: torch.Tensor) -> torch.Tensor:
+    """-log of the share of validation digits whose score (sorted in ``typical``) is at least
+    as high: 0 for the most ordinary, growing as the score leaves the digits behind."""
+    n = len(typical)
+    above = n - torch.searchsorted(typical, score.contiguous())
+    return -torch.log((above + 1) / (n + 1))
+
+
+def fit(model: LeNet5, train: tuple[torch.Tensor, torch.Tensor],
+        val: tuple[torch.Tensor, torch.Tensor]) -> dict:
+    """Everything a reading needs to be trusted, from normalized (images, labels) of the
+    training and validation splits: the temperature, the S4 class means and shared precision
+    of the training images, and the validation digits' scores that set the refusal limit.
+    Only tensors and floats, so that a checkpoint holds it."""
+    train_logits, train_maps = logits_and_maps(model, train[0])
+    labels = train[1].cpu()
+    classes = train_logits.shape[1]
+    means = torch.stack([train_maps[labels == c].mean(0) for c in range(classes)])
+    centred = train_maps - means[labels]
+    covariance = centred.T @ centred / len(centred)
+    # A little of the average variance on the diagonal: S4 has dimensions that barely vary.
+    ridge = 1e-3 * covariance.diagonal().mean()
+    precision = torch.linalg.inv(covariance + ridge * torch.eye(len(covariance)))
+
+    val_logits, val_maps = logits_and_maps(model, val[0])
+    temperature = fit_temperature(val_logits, val[1])
+    calibration = {"temperature": temperature, "means": means, "precision": precision}
+    distance, doubt = _distance(val_maps, means, precision), _doubt(val_logits, temperature)
+    calibration["typical_distance"] = distance.sort().values
+    calibration["typical_doubt"] = doubt.sort().values
+    scores = _combined(calibration, distance, doubt)    # each image's pair, not sorted apart
+    calibration["limit"] = float(scores.quantile(1 - REFUSED_DIGITS))
+    return calibration
+
+
+def _doubt(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return 1 - (logits / temperature).softmax(1).max(1).values
+
+
+def _combined(calibration: dict, distance: torch.Tensor, doubt: torch.Tensor) -> torch.Tensor:
+    """Fisher's combination of the two p-values (as -log p, summed)."""
+    return (_unusual(distance, calibration["typical_distance"]) +
+            _unusual(doubt, calibration["typical_doubt"]))
+
+
+@dataclass
+class Reading:
+    probabilities: torch.Tensor    # calibrated, one per class
+    digit: bool                    # False: the picture does not look like a digit
+    typicality: float | None       # the combined score; above ``limit`` is refused
+
+    @property
+    def best(self) -> int:
+        return int(self.probabilities.argmax())
+
+    @property
+    def sure(self) -> float:
+        return float(self.probabilities.max())
+
+
+class Reader:
+    """A checkpoint's model with its calibration: normalized images in, ``Reading``s out.
+    A checkpoint without one (older runs, a tutorial state_dict, ``--val-size 0``) reads with
+    temperature 1 and refuses nothing but blank pictures; ``calibrated`` says which."""
+
+    def __init__(self, model: LeNet5, checkpoint: dict):
+        self.model = model
+        self.calibration = checkpoint.get("calibration")
+        self.calibrated = self.calibration is not None
+        self.temperature = self.calibration["temperature"] if self.calibrated else 1.0
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibrated class probabilities of normalized images (on the CPU)."""
+        logits, _ = logits_and_maps(self.model, x)
+        return (logits / self.temperature).softmax(1)
+
+    def read(self, x: torch.Tensor) -> list[Reading]:
+        logits, maps = logits_and_maps(self.model, x)
+        probabilities = (logits / self.temperature).softmax(1)
+        if not self.calibrated:
+            return [Reading(p, True, None) for p in probabilities]
+        c = self.calibration
+        scores = _combined(c, _distance(maps, c["means"], c["precision"]),
+                           _doubt(logits, self.temperature))
+        return [Reading(p, float(s) <= c["limit"], float(s))
+                for p, s in zip(probabilities, scores)]
+
+
+def uncalibrated_note(path) -> str:
+    return (f"note: {path} holds no calibration (saved before it, or trained with --val-size "
+            f"0): its probabilities are the network's own, and no picture is refused as not "
+            f"a digit")
+
+
+def calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15
+                      ) -> float:
+    """Expected calibration error (top-label, ``bins`` equal-width bins), by torchmetrics."""
+    return float(multiclass_calibration_error(probabilities, labels, probabilities.shape[1],
+                                              n_bins=bins, norm="l1"))
+
+
+def reliability(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15
+                ) -> list[tuple[float, float, int]]:
+    """Per confidence bin with images in it: (mean confidence, accuracy, count)."""
+    confidence, predicted = probabilities.max(1)
+    right = (predicted == labels).float()
+    which = (confidence * bins).long().clamp(max=bins - 1)
+    rows = []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            rows.append((float(confidence[inside].mean()), float(right[inside].mean()),
+                         int(inside.sum())))
+    return rows
+

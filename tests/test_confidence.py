@@ -1,0 +1,95 @@
+"""confidence.py: probabilities that mean what they say, and "no digit here", measured with the
+shipped model on MNIST's test images, generated photos and generated non-digits."""
+import io
+
+import pytest
+import torch
+
+import confidence
+import datasets
+import handwriting
+import nondigits
+from checkpoint import load_checkpoint, model_from_checkpoint
+from conftest import ROOT
+
+TEST_IMAGES, TEST_LABELS = datasets.load(ROOT / "data", "test")
+
+
+def test_the_fitted_temperature_is_the_one_that_made_the_labels():
+    """Labels drawn from softmax(logits / 0.5) give back a temperature near 0.5."""
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(20000, 10, generator=generator) * 2
+    labels = torch.multinomial((logits / 0.5).softmax(1), 1, generator=generator).squeeze(1)
+    assert abs(confidence.fit_temperature(logits, labels) - 0.5) < 0.02
+
+
+@pytest.fixture(scope="module")
+def shipped(reader):
+    checkpoint = load_checkpoint(reader)
+    model = model_from_checkpoint(checkpoint, torch.device("cpu"), reader)
+    return checkpoint, confidence.Reader(model, checkpoint)
+
+
+def normalized(checkpoint, pictures: torch.Tensor) -> torch.Tensor:
+    return ((pictures - checkpoint["mean"]) / checkpoint["std"]).unsqueeze(1)
+
+
+def test_calibrated_probabilities_mean_what_they_say(shipped):
+    checkpoint, reader = shipped
+    x = normalized(checkpoint, TEST_IMAGES.float() / 255)
+    logits, _ = confidence.logits_and_maps(reader.model, x)
+    before = confidence.calibration_error(logits.softmax(1), TEST_LABELS)
+    after = confidence.calibration_error(reader.probabilities(x), TEST_LABELS)
+    assert before > 0.05 and after <= 0.005, (before, after)
+
+
+def test_few_test_digits_are_refused(shipped):
+    checkpoint, reader = shipped
+    readings = reader.read(normalized(checkpoint, TEST_IMAGES.float() / 255))
+    refused = sum(not r.digit for r in readings) / len(readings)
+    assert refused <= 0.01, refused
+
+
+@pytest.fixture(scope="module")
+def nondigit_readings(shipped):
+    """(kind, refused) for every generated non-digit; a blank one is refused before the model."""
+    checkpoint, reader = shipped
+    results = []
+    for kind, picture in nondigits.nondigit_set(per_kind=20, seed=1):
+        try:
+            prepared = handwriting.prepare(picture)
+        except handwriting.ImageProblem:
+            results.append((kind, True))
+            continue
+        results.append((kind, not reader.read(normalized(checkpoint, prepared[None]))[0].digit))
+    return results
+
+
+def test_pictures_without_a_digit_are_refused(nondigit_readings):
+    """At least 90 % of all the non-digits; docs/trust.md has each kind's share."""
+    assert len(nondigits.KINDS) >= 10
+    refused = sum(r for _, r in nondigit_readings)
+    assert refused >= 0.9 * len(nondigit_readings), refused
+    for kind in ("noise", "blurred texture", "checkerboard", "dot", "hatching"):
+        assert all(r for k, r in nondigit_readings if k == kind), kind
+
+
+def test_a_checkpoint_without_calibration_reads_with_temperature_one(shipped):
+    checkpoint, reader = shipped
+    plain = confidence.Reader(reader.model, {k: v for k, v in checkpoint.items()
+                                             if k != "calibration"})
+    x = normalized(checkpoint, TEST_IMAGES[:50].float() / 255)
+    logits, _ = confidence.logits_and_maps(reader.model, x)
+    readings = plain.read(x)
+    assert not plain.calibrated and plain.temperature == 1.0
+    assert all(r.digit for r in readings)
+    assert torch.allclose(torch.stack([r.probabilities for r in readings]), logits.softmax(1))
+
+
+def test_the_rule_is_fitted_at_the_end_of_training(smoke_run):
+    save_dir, result = smoke_run
+    calibration = load_checkpoint(save_dir / "best_model.pth")["calibration"]
+    assert "probabilities calibrated on the validation images: temperature" in result.stdout
+    assert 0.1 < calibration["temperature"] < 3
+    assert calibration["means"].shape == (10, 400) and calibration["precision"].shape == (400, 400)
+    assert len(calibration["typical_distance"]) == len(calibration["typical_doubt"]) > 100
