@@ -125,7 +125,6 @@ def _combined(calibration: dict, distance: torch.Tensor, doubt: torch.Tensor) ->
 class Reading:
     probabilities: torch.Tensor    # calibrated, one per class
     digit: bool                    # False: the picture does not look like a digit
-    typicality: float | None       # the combined score; above ``limit`` is refused
 
     @property
     def best(self) -> int:
@@ -153,15 +152,18 @@ class Reader:
         return (logits / self.temperature).softmax(1)
 
     def read(self, x: torch.Tensor) -> list[Reading]:
-        logits, maps = logits_and_maps(self.model, x)
+        """The readings of normalized images."""
+        return self.judge(*logits_and_maps(self.model, x))
+
+    def judge(self, logits: torch.Tensor, maps: torch.Tensor) -> list[Reading]:
+        """The readings of images whose logits and S4 maps are already computed."""
         probabilities = (logits / self.temperature).softmax(1)
         if not self.calibrated:
-            return [Reading(p, True, None) for p in probabilities]
+            return [Reading(p, True) for p in probabilities]
         c = self.calibration
         scores = _combined(c, _distance(maps, c["means"], c["precision"]),
                            _doubt(logits, self.temperature))
-        return [Reading(p, float(s) <= c["limit"], float(s))
-                for p, s in zip(probabilities, scores)]
+        return [Reading(p, float(s) <= c["limit"]) for p, s in zip(probabilities, scores)]
 
 
 def uncalibrated_note(path) -> str:

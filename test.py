@@ -61,9 +61,8 @@ def report(args: argparse.Namespace) -> dict:
     reader = confidence.Reader(model, checkpoint)
     if not reader.calibrated:
         print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
-    x = torch.cat([x for x, _ in batches])
-    readings = reader.read(x)
-    logits, _ = confidence.logits_and_maps(model, x)
+    logits, maps = confidence.logits_and_maps(model, torch.cat([x for x, _ in batches]))
+    readings = reader.judge(logits, maps)
     raw, calibrated = logits.softmax(1), torch.stack([r.probabilities for r in readings])
     per_class = [row[i] / max(sum(row), 1) for i, row in enumerate(confusion)]
     return {

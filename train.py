@@ -471,30 +471,33 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device,
                 f"(python test.py evaluates it)")
         if not world.main:
             return
-        best = load_checkpoint(save_dir / "best_model.pth")
-        best_model = model_from_checkpoint(best, device, save_dir / "best_model.pth")
-        if val_batches:
-            calibrate(best, best_model, train_batches, val_batches, save_dir / "best_model.pth")
-        tested = engine.evaluate(best_model, test_batches)
+        best, tested = finish(save_dir / "best_model.pth", device, train_batches, val_batches,
+                              test_batches)
     except cli.Interrupted as interrupted:
         interrupted.kept = kept
         raise
     print(f"best epoch {best['epoch']} saved to {save_dir}/best_model.pth")
     print(f"probabilities calibrated on the validation images: temperature "
-          f"{best['calibration']['temperature']:.3f}" if val_batches else
+          f"{best['calibration']['temperature']:.3f}" if "calibration" in best else
           "no validation images: probabilities are not calibrated, and nothing is refused as "
           "not a digit")
     print(f"test accuracy {tested.accuracy:.2%} ({tested.errors} errors / {tested.total})")
 
 
-def calibrate(best: dict, model, train_batches: datasets.Batches,
-              val_batches: datasets.Batches, path: Path) -> None:
-    """Add to the best checkpoint what makes its readings trustworthy (confidence.py): the
-    temperature fitted on the validation images and the "no digit here" limits."""
-    def split(batches):
-        return (batches.images - batches.mean) / batches.std, batches.labels
-    best["calibration"] = confidence.fit(model, split(train_batches), split(val_batches))
-    save_checkpoint(path, best)
+def finish(path: Path, device: torch.device, train_batches: datasets.Batches,
+           val_batches: datasets.Batches | None, test_batches: datasets.Batches
+           ) -> tuple[dict, engine.Result]:
+    """The best checkpoint, with what makes its readings trustworthy (confidence.py: the
+    temperature and the "no digit here" limits, fitted with the validation images, when there
+    are some) added to its file, and how it does on the test images."""
+    best = load_checkpoint(path)
+    model = model_from_checkpoint(best, device, path)
+    if val_batches:
+        def split(batches):
+            return (batches.images - batches.mean) / batches.std, batches.labels
+        best["calibration"] = confidence.fit(model, split(train_batches), split(val_batches))
+        save_checkpoint(path, best)
+    return best, engine.evaluate(model, test_batches)
 
 
 def stopping_together(on_step, stop: cli.StopNote, device: torch.device):
