@@ -271,11 +271,13 @@ def thinned(digit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w, the distances run evenly from 0 to w/2). Measured so on MNIST's training digits enlarged
     4x: width / digit size 0.15 for the median digit, 0.20 for the 90th percentile, 0.28 for
     the 99th."""
-    inside = mask.numpy().astype(np.uint8)
+    # A border of background: the crop's own edge is an edge of the strokes (a stroke that
+    # fills the crop, such as a bar, has no other).
+    inside = np.pad(mask.numpy().astype(np.uint8), 1)
     if not inside.any():
         return digit
     width = 4 * cv2.distanceTransform(inside, cv2.DIST_L2, 3)[inside > 0].mean()
-    side = max(inside.shape)
+    side = max(mask.shape)
     if width <= BOLDEST_STROKE * side:
         return digit
     r = round((width - BOLD_STROKE * side) / 2)

@@ -312,6 +312,14 @@ def test_a_small_digit_drawn_with_a_wide_pen_is_worn_down_to_mnist_strokes():
     assert (x > 0.5).float().mean() < 0.16, "a blob"
 
 
+@pytest.mark.parametrize("box", [(40, 120, 240, 160), (100, 100, 180, 180)])
+def test_a_filled_bar_or_square_is_prepared_without_error(box):
+    """Strokes that fill their whole crop: their width is measured from the crop's edge."""
+    pad = Image.new("L", (280, 280), 255)
+    ImageDraw.Draw(pad).rectangle(box, fill=0)
+    assert handwriting.prepare(pad).max() > 0.5
+
+
 def test_a_sheet_on_a_desk_is_found_and_flattened():
     """The sheet's corners, however it lies, come back upright (top left first)."""
     rng = random.Random(1)
