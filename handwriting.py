@@ -25,8 +25,8 @@ PAPER_SMOOTHING = 8      # the paper's level is averaged over windows 1/8 the cl
 SHEET_SOLIDITY = 0.9     # a sheet fills this much of its convex outline (its ink aside)
 SHEET_COLOUR = 0.25      # a sheet of another colour than its surface differs by this
 SHEET_TRIM = 0.03        # share of a found sheet's sides cut off: its rim, the desk beyond
-BOLDEST_STROKE = 0.28    # stroke width / digit size beyond MNIST's boldest: worn down ...
-BOLD_STROKE = 0.2        # ... to this (thinned() says how both were measured)
+BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
+                         # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
 MAX_SIDE = 4000          # longer side kept after decoding: more detail than any digit needs
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -263,14 +263,14 @@ def flatten_sheet(picture: torch.Tensor, corners: np.ndarray) -> torch.Tensor:
 
 
 def thinned(digit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``digit`` (its ink, cropped) with strokes bolder than MNIST's boldest (a small digit
-    drawn with a wide pen: scaled to 20 px it would be a blob) worn down to MNIST's bold ones,
-    and cropped again.
+    """``digit`` (its ink, cropped) with strokes bolder than MNIST's bold ones (a small digit
+    drawn with a wide pen: scaled to 20 px it would be a blob) worn down to them, and cropped
+    again.
 
     A stroke's width is 4 x the mean distance of its pixels to its edge (for a band of width
     w, the distances run evenly from 0 to w/2). Measured so on MNIST's training digits enlarged
-    4x: width / digit size 0.15 for the median digit, 0.20 for the 90th percentile, 0.28 for
-    the 99th."""
+    4x (with the background around them): width / digit size 0.15 for the median digit, 0.20
+    for the 90th percentile, 0.28 for the 99th."""
     # A border of background: the crop's own edge is an edge of the strokes (a stroke that
     # fills the crop, such as a bar, has no other).
     inside = np.pad(mask.numpy().astype(np.uint8), 1)
@@ -278,9 +278,12 @@ def thinned(digit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return digit
     width = 4 * cv2.distanceTransform(inside, cv2.DIST_L2, 3)[inside > 0].mean()
     side = max(mask.shape)
-    if width <= BOLDEST_STROKE * side:
+    if width <= BOLD_STROKE * side:
         return digit
-    r = round((width - BOLD_STROKE * side) / 2)
+    # Wearing r off each side of every stroke also shrinks the digit by 2r: the target width
+    # is that share of the digit as it will be.
+    target = BOLD_STROKE * (side - width) / (1 - BOLD_STROKE)
+    r = round((width - target) / 2)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
     worn = torch.from_numpy(cv2.erode(digit.numpy(), kernel))
     rows, cols = (worn > MIN_CONTRAST).nonzero().unbind(1)

@@ -157,12 +157,45 @@ def _hatching(rng):
     return page
 
 
+# Letters as a pen draws them on the page: strokes on a 280 x 280 pad
+STROKES = {"A": [[(80, 240), (140, 40), (200, 240)], [(105, 165), (175, 165)]],
+           "E": [[(200, 40), (90, 40), (90, 240), (200, 240)], [(90, 140), (180, 140)]],
+           "F": [[(200, 40), (90, 40), (90, 240)], [(90, 140), (180, 140)]],
+           "H": [[(80, 40), (80, 240)], [(200, 40), (200, 240)], [(80, 140), (200, 140)]],
+           "K": [[(90, 40), (90, 240)], [(200, 40), (90, 150), (200, 240)]],
+           "M": [[(60, 240), (70, 40), (140, 160), (210, 40), (220, 240)]],
+           "N": [[(80, 240), (80, 40), (200, 240), (200, 40)]],
+           "R": [[(90, 240), (90, 40), (180, 50), (190, 100), (180, 140), (90, 140),
+                  (200, 240)]],
+           "W": [[(50, 40), (95, 240), (140, 100), (185, 240), (230, 40)]],
+           "X": [[(70, 50), (210, 230)], [(210, 50), (70, 230)]],
+           "Y": [[(70, 40), (140, 140), (210, 40)], [(140, 140), (140, 240)]],
+           "#": [[(100, 40), (90, 240)], [(180, 40), (170, 240)], [(50, 100), (230, 100)],
+                 [(50, 180), (230, 180)]]}
+PEN = 23                      # the drawing page's pen on its pad
+
+
+def _drawn_letter(rng):
+    """A letter drawn with the page's pen, at some size and place, each point a little off."""
+    page, ink = _pad(rng)
+    draw, scale = ImageDraw.Draw(page), rng.uniform(0.4, 1.0)
+    left, top = rng.uniform(0, SIZE * (1 - scale)), rng.uniform(0, SIZE * (1 - scale))
+    for stroke in rng.choice(list(STROKES.values())):
+        points = [(left + scale * (x + rng.uniform(-12, 12)), top + scale * (y + rng.uniform(-12, 12)))
+                  for x, y in stroke]
+        draw.line(points, fill=ink, width=PEN, joint="curve")
+        for x, y in (points[0], points[-1]):        # the pen's round ends
+            draw.ellipse([x - PEN / 2, y - PEN / 2, x + PEN / 2, y + PEN / 2], fill=ink)
+    return page
+
+
 KINDS = {"noise": _noise, "blurred texture": _texture, "stripes": _stripes,
          "checkerboard": _checks, "letter or sign": _letter, "word": _word, "shape": _shape,
          "scribble": _scribble, "dot": _dot, "line": _line, "smiley": _face,
-         "hatching": _hatching}
+         "hatching": _hatching, "drawn letter": _drawn_letter}
 
 
 def nondigit_set(per_kind: int = 20, seed: int = 0) -> list[tuple[str, Image.Image]]:
     rng = random.Random(seed)
     return [(kind, make(rng)) for kind, make in KINDS.items() for _ in range(per_kind)]
+
