@@ -138,25 +138,12 @@ def _paper(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _otsu(x: torch.Tensor) -> float:
-    """The threshold that best splits the values into two groups (Otsu, 1979)."""
-    hist = torch.histc(x, bins=256, min=0, max=float(x.max()))
-    centers = torch.linspace(0, float(x.max()), 256)
-    weight = hist.cumsum(0)
-    mean = (hist * centers).cumsum(0)
-    total, total_mean = weight[-1], mean[-1]
-    between = (total_mean * weight - total * mean) ** 2 / (weight * (total - weight)).clamp(min=1)
-    return float(centers[between.argmax()])
-
-
-def _components(mask: torch.Tensor) -> torch.Tensor:
-    """Label 8-connected regions of ``mask`` (0 = background) by propagating the largest label."""
-    labels = torch.where(mask, torch.arange(1, mask.numel() + 1, dtype=torch.float
-                                            ).view(mask.shape), torch.zeros(()))
-    while True:
-        grown = _max_pool(labels, 3) * mask
-        if torch.equal(grown, labels):
-            return labels.long()
-        labels = grown
+    """The threshold that best splits the values into two groups (Otsu, 1979), among 256
+    levels from 0 to the largest value."""
+    top = float(x.max())
+    levels = (x / max(top, 1e-6) * 255).round().byte().numpy()
+    threshold, _ = cv2.threshold(levels, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    return threshold / 255 * top
 
 
 def digit_mask(ink: torch.Tensor) -> torch.Tensor:
@@ -165,25 +152,23 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     # Regions are found on a grid of at most 64x64 cells: fast, and hairline gaps close.
     cell = -(-max(ink.shape) // 64)
     mask = F.max_pool2d(full.float()[None, None], cell, ceil_mode=True)[0, 0] > 0
-    labels = _components(mask)
-    ids, sizes = labels[mask].unique(return_counts=True)
-    main = ids[sizes.argmax()]
-    rows, cols = (labels == main).nonzero().unbind(1)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.numpy().astype(np.uint8),
+                                                           connectivity=8)
+    boxes = [(x, y, x + w - 1, y + h - 1, area) for x, y, w, h, area in stats[1:].tolist()]
+    biggest = max(area for *_, area in boxes)
+    left, top, right, bottom, _ = next(box for box in boxes if box[4] == biggest)
 
-    def within(r, c, margin):
-        return (r.min() >= rows.min() - margin and r.max() <= rows.max() + margin and
-                c.min() >= cols.min() - margin and c.max() <= cols.max() + margin)
+    def within(box, margin):
+        return (box[0] >= left - margin and box[2] <= right + margin and
+                box[1] >= top - margin and box[3] <= bottom + margin)
 
     # A part of the digit lies within it or close by and is not tiny (a stroke drawn apart);
     # a speck far away is dropped however big it is against a small digit.
-    near = 0.5 * max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
-    keep = torch.zeros_like(mask)
-    for label, size in zip(ids.tolist(), sizes.tolist()):
-        part = labels == label
-        r, c = part.nonzero().unbind(1)
-        if within(r, c, max(mask.shape) * 0.05) or (size >= 0.25 * sizes.max() and
-                                                    within(r, c, near)):
-            keep |= part
+    near = 0.5 * max(right - left, bottom - top) + 1
+    kept = [label for label, box in enumerate(boxes, start=1)
+            if within(box, max(mask.shape) * 0.05) or (box[4] >= 0.25 * biggest and
+                                                       within(box, near))]
+    keep = torch.from_numpy(np.isin(labels, kept))
     cells = keep.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
     return cells[:ink.shape[0], :ink.shape[1]] & full
 
