@@ -195,8 +195,8 @@ def show_own_images(args, reader, checkpoint, device, font
                                (DIGIT_PX - thumbnail.height) // 2), thumbnail)
         pair.paste(enlarged((prepared * 255).round().byte()), (DIGIT_PX + 8, 0))
         name = path.name if len(path.name) <= 28 else path.name[:25] + "..."
-        caption = (f"seen as {classes[reading.best]} ({reading.sure:.0%})" if reading.digit
-                   else f"no digit ({classes[reading.best]}? {reading.sure:.0%})")
+        caption = (f"seen as {classes[reading.best]} ({reading.sure:.1%})" if reading.digit
+                   else f"not a digit (closest: {classes[reading.best]})")
         tiles.append(tile(pair, [name, caption], not reading.digit, font))
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
