@@ -18,8 +18,10 @@ class UsageError(Exception):
     reports its own: the usage line, ``error: ...`` and status 2."""
 
 
-class Interrupted(Exception):
-    """SIGINT or SIGTERM, raised in the main thread so that a stop unwinds like any error."""
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread so that a stop unwinds like any error.
+    A BaseException, as KeyboardInterrupt is: code that turns a failed read into a message
+    (``except Exception``) must not turn a stop into one."""
 
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)

@@ -17,8 +17,11 @@ import io
 import itertools
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+import filelock
 import torch
 from tqdm import tqdm
 
@@ -153,20 +156,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare_save_dir(path: str) -> Path:
-    """Create the output folder and prove it is writable before any training starts."""
-    folder = Path(path)
+@contextmanager
+def save_dir_of(args: argparse.Namespace, world: ddp.World) -> Iterator[Path]:
+    """The output folder, held by this run until the block ends. The first process creates
+    it, refuses it when another run holds it (a lock that the system drops with its holder,
+    so a kill -9 leaves none behind), proves it writable and removes the temporary files that
+    a killed run left, all before any training starts."""
+    folder = Path(args.save_dir)
+    if not world.main:
+        yield folder
+        return
+    lock = filelock.FileLock(folder / ".train.lock")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / ".write-test").touch()
-        (folder / ".write-test").unlink()
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise CheckpointError(f"another train.py is writing to {folder}: let it finish (or stop "
+                              f"it), or pass another --save-dir") from None
     except OSError as e:
         raise CheckpointError(f"cannot write to the save folder {folder} "
                               f"({e.strerror or e}): pass a writable --save-dir") from None
-    for name in OUTPUTS:   # temporary files a kill -9 left behind mid-write
-        for leftover in folder.glob(f".{name}.*.tmp"):
-            leftover.unlink(missing_ok=True)
-    return folder
+    try:
+        for name in OUTPUTS:   # temporary files a kill -9 left behind mid-write
+            for leftover in folder.glob(f".{name}.*.tmp"):
+                leftover.unlink(missing_ok=True)
+        yield folder
+    finally:
+        lock.release()
 
 
 def saved_run(args: argparse.Namespace, world: ddp.World) -> dict | None:
@@ -353,8 +369,8 @@ def main(argv=None) -> None:
     # the step to stop at, so that none is left waiting for another.
     stops = cli.stops_noted() if world.size > 1 else cli.stops_raise_interrupted()
     try:
-        with stops as note:
-            train(args, world, device, note)
+        with stops as note, save_dir_of(args, world) as save_dir:
+            train(args, world, device, save_dir, note)
     except cli.UsageError as e:
         if world.main:
             make_parser().error(str(e))
@@ -367,8 +383,8 @@ def main(argv=None) -> None:
         if world.main:
             raise
         sys.exit(1)
-    except (torch.distributed.DistError, RuntimeError) as e:
-        if world.size == 1:
+    except RuntimeError as e:     # torch.distributed.DistError is one too
+        if world.size == 1 or not ddp.lost_peer(e):
             raise
         # Another process died: torchrun stops this one and restarts all with --max-restarts.
         sys.exit(f"error: process {world.rank} lost the others of the run "
@@ -377,7 +393,7 @@ def main(argv=None) -> None:
         ddp.stop()
 
 
-def train(args: argparse.Namespace, world: ddp.World, device: torch.device,
+def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save_dir: Path,
           stop: cli.StopNote | None) -> None:
     """The run; with several processes (``world``), only the first prints and writes files,
     and all of them stop together at the step after ``stop`` notes a signal in any."""
@@ -385,7 +401,6 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device,
     if args.batch_size % world.size:
         raise cli.UsageError(f"--batch-size {args.batch_size} does not split evenly over "
                              f"{world.size} processes: pick a multiple of {world.size}")
-    save_dir = prepare_save_dir(args.save_dir) if world.main else Path(args.save_dir)
     state = saved_run(args, world)
     if state is not None:
         adopt_saved_settings(args, state, device, world)

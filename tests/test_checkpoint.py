@@ -117,3 +117,19 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint(path, {"epoch": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["best_model.pth"]   # no temporary left
+
+
+def test_a_stop_during_loading_stays_a_stop(tmp_path, monkeypatch):
+    """Ctrl-C while torch.load reads is a clean stop (status 130), not "not a readable
+    checkpoint": the reader's catch-all must not swallow it."""
+    import signal
+
+    import cli
+    path = tmp_path / "model.pth"
+    save_checkpoint(path, {"format": CHECKPOINT_FORMAT, "model": LeNet5().state_dict()})
+
+    def stopped(*args, **kwargs):
+        raise cli.Interrupted(signal.SIGINT)
+    monkeypatch.setattr(torch, "load", stopped)
+    with pytest.raises(cli.Interrupted):
+        load_checkpoint(path)
