@@ -93,6 +93,15 @@ def threads_per_process(world: World) -> int:
     return max(1, (cores or 1) // world.local_size)
 
 
+def lost_peer(error: BaseException) -> bool:
+    """Whether ``error`` says that another process of the run is gone: a c10d error, or the
+    plain RuntimeError that gloo or NCCL raise when a peer closes its connection. Any other
+    error (a bug, running out of memory) is this process's own."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and ("gloo" in text or "nccl" in text))
+
+
 def stop() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

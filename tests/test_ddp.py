@@ -227,3 +227,27 @@ def test_each_process_gets_a_fair_share_of_the_cores_unless_told(monkeypatch, gi
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))   # 8 cores
     threads = ddp.threads_per_process(ddp.World(size=local_size, local_size=local_size))
     assert threads == (8 // local_size if expected == "share" else int(given))
+
+
+def test_only_a_lost_peer_is_reported_as_one():
+    """A gloo read error is a peer gone; a bug or out-of-memory in this process is not, and
+    keeps its own traceback."""
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:56024: "
+                        "Connection reset by peer")
+    assert ddp.lost_peer(gone) and ddp.lost_peer(torch.distributed.DistNetworkError("x"))
+    assert not ddp.lost_peer(RuntimeError("CUDA out of memory"))
+    assert not ddp.lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_a_bug_under_torchrun_keeps_its_traceback(tmp_path, monkeypatch):
+    """With several processes, an error of this process's own is not passed off as a lost
+    peer."""
+    monkeypatch.setattr(ddp, "start", lambda device: (ddp.World(rank=0, size=2),
+                                                      torch.device("cpu")))
+    monkeypatch.setattr(ddp, "stop", lambda: None)
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(train, "make_batches", bug)
+    with pytest.raises(RuntimeError, match="mat1 and mat2"):
+        train.main(["--save-dir", str(tmp_path), "--epochs", "1"])

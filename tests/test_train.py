@@ -2,6 +2,8 @@ import csv
 import importlib.util
 import re
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -246,3 +248,21 @@ def test_another_data_set_trains_with_its_own_constants_names_and_augmentation(
                        "--save-dir", tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     assert spec.title in resumed.stdout
+
+
+def test_a_second_run_on_the_same_save_dir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
+    """Two runs in one folder would delete each other's half-written files; the second is
+    refused in one line. The lock goes with its process: after kill -9 a new run starts."""
+    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *SMOKE, "--epochs", "50",
+                              "--save-dir", tmp_path, "--device", "cpu"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert first.stdout.readline().startswith("training LeNet-5")     # the lock is held
+        second = run_main(train, *SMOKE, "--save-dir", tmp_path, "--device", "cpu")
+        assert_one_line_error(second, f"another train.py is writing to {tmp_path}",
+                              "--save-dir")
+    finally:
+        first.kill()
+        first.communicate()
+    third = run_main(train, *SMOKE, "--epochs", "1", "--save-dir", tmp_path, "--device", "cpu")
+    assert third.returncode == 0, third.stderr
