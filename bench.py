@@ -54,7 +54,7 @@ def fast_recipe(device: torch.device) -> dict:
 
 def train_flags(recipe: dict) -> str:
     """The train.py flags that run ``recipe`` (without validation split)."""
-    defaults = {name: default for name, (default, _, _) in train.HYPERPARAMETERS.items()}
+    defaults = {name: value for name, (value, _) in train.block().items()}
     return " ".join(f"--{name.replace('_', '-')} {value}" for name, value in recipe.items()
                     if value != defaults[name]) + " --val-size 0"
 

@@ -15,6 +15,7 @@ import csv
 import functools
 import io
 import itertools
+import re
 import sys
 import time
 from contextlib import contextmanager
@@ -49,14 +50,15 @@ GAMMA = 0.1              # "step": factor of each drop
 AUGMENT = True           # random rotation, scale, shear and shift of each training image
 # None in the next two: the data set's own (strength 1 and no flips for digits and hiragana;
 # flips alone for clothing, where a mirrored shoe is a shoe and a mirrored 7 is no digit)
-AUGMENT_STRENGTH = None  # 1: up to 15 deg, 15 %, 10 deg shear, 3 px; 0.5 halves every range
-FLIP = None              # also mirror half of the training images left to right
+AUGMENT_STRENGTH = None  # range scale, 1: 15 deg, 15 %, 10 deg shear, 3 px (None: the set's own)
+FLIP = None              # also mirror half the images left to right (None: the set's own)
 LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
 EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
 VAL_SIZE = 5000          # images held out of the 60,000 to pick the best epoch (0: keep the last)
 SEED = 0                 # fixes initialization, split, order and augmentation
 AMP = False              # bfloat16 autocast, meant for GPUs (several times slower on our CPU)
 COMPILE = False          # torch.compile: ~30 s to compile on 2 CPU cores, no clear gain there
+SUBSET = None            # train on the first N training images only (validation shrinks alike)
 DEVICE = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda" or "mps"
 DATA_DIR = "data"        # holds MNIST/raw/ (FashionMNIST/raw/, KMNIST/raw/)
 SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
@@ -69,59 +71,57 @@ STOP_CHECK_STEPS = 8    # with several processes, how often they agree whether t
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
 
-# flag → (default from the block above, help, argparse options); these make a run's
-# hyperparameters, saved with it and restored by --resume.
-HYPERPARAMETERS = {
-    "dataset": (DATASET, "data set", dict(choices=list(datasets.DATASETS))),
-    "epochs": (EPOCHS, "passes over the training images", dict(type=ranged(int, 1))),
-    "batch_size": (BATCH_SIZE, "images per optimizer step", dict(type=ranged(int, 1))),
-    "optimizer": (OPTIMIZER, "optimizer", dict(choices=["adamw", "sgd"])),
-    "lr": (LR, "(peak) learning rate", dict(type=ranged(float, 0, low_open=True))),
-    "momentum": (MOMENTUM, "SGD momentum", dict(type=ranged(float, 0, 1, high_open=True))),
-    "weight_decay": (WEIGHT_DECAY, "weight decay", dict(type=ranged(float, 0))),
-    "scheduler": (SCHEDULER, "learning-rate schedule: onecycle is stepped every batch, step "
-                             "every epoch", dict(choices=["onecycle", "step", "none"])),
-    "step_size": (STEP_SIZE, "StepLR: epochs between drops", dict(type=ranged(int, 1))),
-    "gamma": (GAMMA, "StepLR: drop factor", dict(type=ranged(float, 0, 1, low_open=True))),
-    "augment": (AUGMENT, "random rotation, scale, shear and shift, drawn for each training image",
-                dict(action=argparse.BooleanOptionalAction)),
-    "augment_strength": (AUGMENT_STRENGTH, "scales every range of the augmentation (1: up to 15 "
-                                           "deg rotation, 0.15 zoom, 10 deg shear, 3 px shift; "
-                                           "0: none of them, flips alone; default: 1 for mnist "
-                                           "and kmnist, 0 for fashion-mnist)",
-                         dict(type=ranged(float, 0, 2))),
-    "flip": (FLIP, "with --augment, also mirror half of the images left to right (default: on "
-                   "for fashion-mnist only)", dict(action=argparse.BooleanOptionalAction)),
-    "label_smoothing": (LABEL_SMOOTHING, "label smoothing of the training loss",
-                        dict(type=ranged(float, 0, 1, high_open=True))),
-    "ema_decay": (EMA_DECAY, "decay of the weight average that is validated and saved "
-                             "(0: the trained weights themselves)",
-                  dict(type=ranged(float, 0, 1, high_open=True))),
-    "val_size": (VAL_SIZE, "training images held out to pick the best epoch (0: keep the last)",
-                 dict(type=ranged(int, 0, datasets.TRAIN_SIZE - 1))),
-    "seed": (SEED, "random seed", dict(type=ranged(int, 0))),
-    "amp": (AMP, "bfloat16 autocast (meant for GPUs)",
-            dict(action=argparse.BooleanOptionalAction)),
-    "compile": (COMPILE, "torch.compile the model (replaces the CUDA graph on a GPU)",
-                dict(action=argparse.BooleanOptionalAction)),
-    "subset": (None, "train on the first N training images only (smoke runs); the validation "
-                     "split shrinks in proportion",
-               dict(type=ranged(int, 1, datasets.TRAIN_SIZE), metavar="N")),
+# How each setting of the block is checked, whether it comes from a flag or an edit of the block
+CHECKS = {
+    "dataset": dict(choices=list(datasets.DATASETS)),
+    "epochs": dict(type=ranged(int, 1)),
+    "batch_size": dict(type=ranged(int, 1)),
+    "optimizer": dict(choices=["adamw", "sgd"]),
+    "lr": dict(type=ranged(float, 0, low_open=True)),
+    "momentum": dict(type=ranged(float, 0, 1, high_open=True)),
+    "weight_decay": dict(type=ranged(float, 0)),
+    "scheduler": dict(choices=["onecycle", "step", "none"]),
+    "step_size": dict(type=ranged(int, 1)),
+    "gamma": dict(type=ranged(float, 0, 1, low_open=True)),
+    "augment": dict(action=argparse.BooleanOptionalAction),
+    "augment_strength": dict(type=ranged(float, 0, 2)),
+    "flip": dict(action=argparse.BooleanOptionalAction),
+    "label_smoothing": dict(type=ranged(float, 0, 1, high_open=True)),
+    "ema_decay": dict(type=ranged(float, 0, 1, high_open=True)),
+    "val_size": dict(type=ranged(int, 0, datasets.TRAIN_SIZE - 1)),
+    "seed": dict(type=ranged(int, 0)),
+    "amp": dict(action=argparse.BooleanOptionalAction),
+    "compile": dict(action=argparse.BooleanOptionalAction),
+    "subset": dict(type=ranged(int, 1, datasets.TRAIN_SIZE), metavar="N"),
+    "device": dict(choices=engine.DEVICES),
+    "data_dir": {},
+    "save_dir": {},
 }
+# Where a run reads and writes, not what it trains: not saved with it, free to change on --resume
+PLACES = ("device", "data_dir", "save_dir")
+# The rest make a run's hyperparameters, saved with it and restored by --resume.
+HYPERPARAMETERS = [name for name in CHECKS if name not in PLACES]
+
+
+def block() -> dict[str, tuple[object, str]]:
+    """Each setting of the block at the top of this file, as it is now: its value and its
+    comment, which is the flag's help. The block is the one place where either is written."""
+    source = Path(__file__).read_text(encoding="utf-8")
+    lines = re.findall(r"(?m)^([A-Z][A-Z_]*) = .*?  #\s*(.+)$", source)
+    return {name.lower(): (globals()[name], comment.strip()) for name, comment in lines
+            if name.lower() in CHECKS}
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train LeNet-5 on MNIST.")
-    for name, (default, help_text, options) in HYPERPARAMETERS.items():
-        shown = help_text if default is None else f"{help_text} (default: {default})"
-        # None marks "not given", which --resume needs to tell conflicting flags apart
-        parser.add_argument("--" + name.replace("_", "-"), default=None, help=shown, **options)
-    parser.add_argument("--device", default=DEVICE, choices=engine.DEVICES,
-                        help=f"where to train; auto takes CUDA, then Apple MPS, then the CPU "
-                             f"(default: {DEVICE})")
-    parser.add_argument("--data-dir", default=DATA_DIR, help=f"MNIST folder (default: {DATA_DIR})")
-    parser.add_argument("--save-dir", default=SAVE_DIR,
-                        help=f"output folder (default: {SAVE_DIR})")
+    parser = argparse.ArgumentParser(description="Train LeNet-5 on MNIST (or Fashion-MNIST, "
+                                                 "KMNIST); every default is the block at the "
+                                                 "top of train.py.")
+    for name, (value, comment) in block().items():
+        shown = comment if value is None else f"{comment} (default: {value})"
+        # None marks a hyperparameter "not given", which --resume needs to tell conflicting
+        # flags apart; the places take their value at once.
+        parser.add_argument("--" + name.replace("_", "-"), help=shown.replace("%", "%%"),
+                            default=value if name in PLACES else None, **CHECKS[name])
     parser.add_argument("--resume", action="store_true",
                         help="continue the run saved in SAVE_DIR/last.pth with its settings")
     return parser
@@ -133,21 +133,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = make_parser()
     args = parser.parse_args(argv)
     args.given = {name for name in HYPERPARAMETERS if getattr(args, name) is not None}
-    for name, (default, _, options) in HYPERPARAMETERS.items():
-        if name in args.given:
+    for name, (value, _) in block().items():
+        if name in args.given or name in PLACES:
             continue
         # A value edited into the block gets the same checks as a flag.
-        problem = None
-        if default is not None and "type" in options:
+        options, problem = CHECKS[name], None
+        if value is not None and "type" in options:
             try:
-                options["type"](default)
+                options["type"](value)
             except argparse.ArgumentTypeError as e:
                 problem = str(e)
-        if "choices" in options and default not in options["choices"]:
+        if "choices" in options and value not in options["choices"]:
             problem = f"choose from {', '.join(map(repr, options['choices']))}"
         if problem:
-            parser.error(f"{name.upper()} = {default!r} at the top of train.py: {problem}")
-        setattr(args, name, default)
+            parser.error(f"{name.upper()} = {value!r} at the top of train.py: {problem}")
+        setattr(args, name, value)
     dataset = datasets.DATASETS[args.dataset]
     if args.augment_strength is None:
         args.augment_strength = dataset.augment_strength

@@ -266,3 +266,17 @@ def test_a_second_run_on_the_same_save_dir_is_refused_and_a_killed_one_leaves_no
         first.communicate()
     third = run_main(train, *SMOKE, "--epochs", "1", "--save-dir", tmp_path, "--device", "cpu")
     assert third.returncode == 0, third.stderr
+
+
+def test_the_block_is_the_one_place_of_each_default_and_its_help(tmp_path):
+    """Editing a line of the block changes both the default and the help that --help shows."""
+    import os
+    source = (ROOT / "train.py").read_text()
+    edited = re.sub(r"(?m)^EPOCHS = 50 .*$", "EPOCHS = 7               # laps of the data", source)
+    assert edited != source
+    (tmp_path / "train.py").write_text(edited)
+    result = subprocess.run([sys.executable, str(tmp_path / "train.py"), "--help"],
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr
+    assert "laps of the data (default: 7)" in " ".join(result.stdout.split())
