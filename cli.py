@@ -26,7 +26,6 @@ class Interrupted(BaseException):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
-        self.kept = "nothing was saved"    # what the stop leaves behind, for its message
 
 
 def _raise_interrupted(signum, frame):

@@ -354,16 +354,24 @@ def history_row(epoch: int, fit: engine.Result, val: engine.Result | None, lr: f
             "val_accuracy": round(val.accuracy, 6) if val else None, "lr": lr}
 
 
-def what_a_stop_keeps(args, save_dir: Path, epoch: int) -> str:
-    if epoch == 0:
+def what_a_stop_keeps(args, world: ddp.World, since: float) -> str:
+    """What a stop leaves behind, as the files show it: last.pth, when this run wrote it (after
+    ``since``) or continues it."""
+    last = Path(args.save_dir) / "last.pth"
+    ours = last.exists() and (args.resume or world.restarts or last.stat().st_mtime >= since)
+    if not ours:
         return "no epoch of this run had finished, so nothing was saved"
-    return (f"{save_dir}/last.pth holds epoch {epoch} of {args.epochs}; continue with: "
-            f"python train.py --resume"
-            + (f" --save-dir {save_dir}" if args.save_dir != SAVE_DIR else ""))
+    epoch = load_checkpoint(last)["epoch"]
+    if epoch == args.epochs:
+        return (f"training had finished; {args.save_dir}/best_model.pth is complete "
+                f"(python test.py evaluates it)")
+    return (f"{last} holds epoch {epoch} of {args.epochs}; continue with: python train.py "
+            f"--resume" + (f" --save-dir {args.save_dir}" if args.save_dir != SAVE_DIR else ""))
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    since = time.time()
     world, device = ddp.start(args.device)
     # One process alone stops at once; processes training together note a stop and agree on
     # the step to stop at, so that none is left waiting for another.
@@ -377,7 +385,8 @@ def main(argv=None) -> None:
         sys.exit(2)
     except cli.Interrupted as stop:
         if world.main:
-            print(f"\nstopped by {stop}: {stop.kept}", file=sys.stderr)
+            print(f"\nstopped by {stop}: {what_a_stop_keeps(args, world, since)}",
+                  file=sys.stderr)
         sys.exit(128 + stop.signum)
     except PROBLEMS:
         if world.main:
@@ -416,12 +425,7 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
     judged = ema.model if ema else model    # the weights validated, saved and tested
     optimizer = engine.new_optimizer(model, args.optimizer, args.lr, args.momentum,
                                      args.weight_decay)
-    step_model = model
-    if world.size > 1:   # averages the gradients of the processes during the backward pass
-        step_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if args.compile:
-        step_model = torch.compile(step_model)    # shares model's weights
+    step_model = stepping(model, args, world, device)
     if state is None:
         scheduler, per_batch = make_scheduler(optimizer, args, args.epochs, len(train_batches))
         done, best_val, history = 0, -1.0, []
@@ -433,70 +437,84 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
             write_history(save_dir / "history.csv", history)
         say(f"resuming {save_dir}/last.pth after epoch {done} of {args.epochs}")
 
-    processes = (f", {world.size} processes of {torch.get_num_threads()} thread"
-                 f"{'' if torch.get_num_threads() == 1 else 's'}" if world.size > 1 else "")
-    say(f"training LeNet-5 on {len(train_batches.labels):,} "
-        f"{datasets.DATASETS[args.dataset].title} images (validation "
-        f"{len(val_batches.labels) if val_batches else 0:,}) on {device.type} for "
-        f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}{processes}")
-    say(f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "
-        f"{'lr':>8} {'time':>6} {'img/s':>7}")
-    kept = what_a_stop_keeps(args, save_dir, done)
-    try:
-        for epoch in range(done + 1, args.epochs + 1):
-            lr = optimizer.param_groups[0]["lr"]
-            start = time.perf_counter()
-            with tqdm(total=len(train_batches), desc=f"epoch {epoch}/{args.epochs}",
-                      unit="batch", leave=False, disable=None if world.main else True) as bar:
-                on_step = functools.partial(show_progress, bar)
-                if world.size > 1:
-                    on_step = stopping_together(on_step, stop, device)
-                # A CUDA graph cannot hold DDP's gradient all-reduce (it runs on its own
-                # stream, outside the captured one): under DDP each step is launched anew.
-                fit = engine.train_one_epoch(step_model, train_batches, optimizer,
-                                             scheduler if per_batch else None, on_step,
-                                             amp=args.amp,
-                                             cuda_graph=not args.compile and world.size == 1,
-                                             label_smoothing=args.label_smoothing, ema=ema)
-            train_seconds = time.perf_counter() - start
-            if scheduler is not None and not per_batch:
-                scheduler.step()
-            val = engine.evaluate(judged, val_batches, amp=args.amp) if val_batches else None
-            seconds = time.perf_counter() - start
+    say(heading(args, world, device, train_batches, val_batches))
+    for epoch in range(done + 1, args.epochs + 1):
+        lr = optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        with tqdm(total=len(train_batches), desc=f"epoch {epoch}/{args.epochs}",
+                  unit="batch", leave=False, disable=None if world.main else True) as bar:
+            on_step = functools.partial(show_progress, bar)
+            if world.size > 1:
+                on_step = stopping_together(on_step, stop, device)
+            # A CUDA graph cannot hold DDP's gradient all-reduce (it runs on its own
+            # stream, outside the captured one): under DDP each step is launched anew.
+            fit = engine.train_one_epoch(step_model, train_batches, optimizer,
+                                         scheduler if per_batch else None, on_step,
+                                         amp=args.amp,
+                                         cuda_graph=not args.compile and world.size == 1,
+                                         label_smoothing=args.label_smoothing, ema=ema)
+        train_seconds = time.perf_counter() - start
+        if scheduler is not None and not per_batch:
+            scheduler.step()
+        val = engine.evaluate(judged, val_batches, amp=args.amp) if val_batches else None
+        seconds = time.perf_counter() - start
 
-            checkpoint = make_checkpoint(args, judged, epoch, val, train_batches, world)
-            improved = (val.accuracy > best_val) if val else epoch == args.epochs
-            history.append(history_row(epoch, fit, val, lr))
+        checkpoint = make_checkpoint(args, judged, epoch, val, train_batches, world)
+        improved = (val.accuracy > best_val) if val else epoch == args.epochs
+        history.append(history_row(epoch, fit, val, lr))
+        if improved:
+            best_val = val.accuracy if val else best_val
+        if world.main:
             if improved:
-                best_val = val.accuracy if val else best_val
-            if world.main:
-                if improved:
-                    save_checkpoint(save_dir / "best_model.pth", checkpoint)
-                write_history(save_dir / "history.csv", history)
-                plots.training_curves(history, save_dir / "curves.png")
-                save_checkpoint(save_dir / "last.pth", checkpoint | training_state(
-                    model, ema, optimizer, scheduler, generator, history, best_val, device,
-                    world))
-            kept = what_a_stop_keeps(args, save_dir, epoch)
-            say(f"{epoch:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {fmt(val, 'loss', '.4f'):>8} "
-                f"{fmt(val, 'accuracy', '.2%'):>8} {lr:>8.2e} {seconds:>5.1f}s "
-                f"{fit.total / train_seconds:>7,.0f}{'  best' if improved else ''}", flush=True)
+                save_checkpoint(save_dir / "best_model.pth", checkpoint)
+            write_history(save_dir / "history.csv", history)
+            plots.training_curves(history, save_dir / "curves.png")
+            save_checkpoint(save_dir / "last.pth", checkpoint | training_state(
+                model, ema, optimizer, scheduler, generator, history, best_val, device,
+                world))
+        say(f"{epoch:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {fmt(val, 'loss', '.4f'):>8} "
+            f"{fmt(val, 'accuracy', '.2%'):>8} {lr:>8.2e} {seconds:>5.1f}s "
+            f"{fit.total / train_seconds:>7,.0f}{'  best' if improved else ''}", flush=True)
 
-        kept = (f"training had finished; {save_dir}/best_model.pth is complete "
-                f"(python test.py evaluates it)")
-        if not world.main:
-            return
-        best, tested = finish(save_dir / "best_model.pth", device, train_batches, val_batches,
-                              test_batches)
-    except cli.Interrupted as interrupted:
-        interrupted.kept = kept
-        raise
-    print(f"best epoch {best['epoch']} saved to {save_dir}/best_model.pth")
-    print(f"probabilities calibrated on the validation images: temperature "
-          f"{best['calibration']['temperature']:.3f}" if "calibration" in best else
-          "no validation images: probabilities are not calibrated, and nothing is refused as "
-          "not a digit")
-    print(f"test accuracy {tested.accuracy:.2%} ({tested.errors} errors / {tested.total})")
+    if not world.main:
+        return
+    best, tested = finish(save_dir / "best_model.pth", device, train_batches, val_batches,
+                          test_batches)
+    print(summary(best, tested, save_dir))
+
+
+def stepping(model, args: argparse.Namespace, world: ddp.World, device: torch.device):
+    """The model as the training steps call it: under DDP with several processes (which
+    averages the processes' gradients in the backward pass), compiled with --compile; it
+    shares ``model``'s weights."""
+    if world.size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(model) if args.compile else model
+
+
+def heading(args: argparse.Namespace, world: ddp.World, device: torch.device,
+            train_batches: datasets.Batches, val_batches: datasets.Batches | None) -> str:
+    """What the run trains on, where, and the head of the per-epoch table."""
+    threads = torch.get_num_threads()
+    processes = (f", {world.size} processes of {threads} thread{'' if threads == 1 else 's'}"
+                 if world.size > 1 else "")
+    return (f"training LeNet-5 on {len(train_batches.labels):,} "
+            f"{datasets.DATASETS[args.dataset].title} images (validation "
+            f"{len(val_batches.labels) if val_batches else 0:,}) on {device.type} for "
+            f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}{processes}\n"
+            f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "
+            f"{'lr':>8} {'time':>6} {'img/s':>7}")
+
+
+def summary(best: dict, tested: engine.Result, save_dir: Path) -> str:
+    """The run's last lines: the epoch kept, its calibration, its test accuracy."""
+    calibrated = (f"probabilities calibrated on the validation images: temperature "
+                  f"{best['calibration']['temperature']:.3f}" if "calibration" in best else
+                  "no validation images: probabilities are not calibrated, and nothing is "
+                  "refused as not a digit")
+    return (f"best epoch {best['epoch']} saved to {save_dir}/best_model.pth\n{calibrated}\n"
+            f"test accuracy {tested.accuracy:.2%} ({tested.errors} errors / {tested.total})")
 
 
 def finish(path: Path, device: torch.device, train_batches: datasets.Batches,
