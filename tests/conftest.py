@@ -11,6 +11,7 @@ import struct
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,26 @@ import cli  # noqa: E402 (after the path above)
 import datasets  # noqa: E402
 
 # A smoke run: small enough for seconds on 2 cores, big enough to learn something real.
-SMOKE = ["--subset", "3000", "--epochs", "2", "--batch-size", "64"]
+# On the CPU wherever it runs: the tests check CPU figures (tests/test_cuda.py has the GPU's).
+SMOKE = ["--subset", "3000", "--epochs", "2", "--batch-size", "64", "--device", "cpu"]
 
 
 def run(script: str, *args, cwd=ROOT, timeout=300, **kwargs) -> subprocess.CompletedProcess:
     """``python script args...`` as a real process, output captured as text."""
     return subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def next_line(stream, timeout: float = 120) -> str:
+    """The next line a process writes to ``stream``; a failure, not a hang, when none comes
+    within ``timeout`` seconds."""
+    # A thread, not select(): the line may already wait in the stream's own buffer.
+    line = []
+    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert line, f"no output within {timeout} s"
+    return line[0]
 
 
 def run_main(module, *args, cwd=ROOT) -> subprocess.CompletedProcess:

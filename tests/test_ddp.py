@@ -20,7 +20,7 @@ from conftest import ROOT, run_main
 
 # About a second an epoch with two processes; the last batch (2,751 % 32 = 31 images) splits
 # unevenly, 16 and 15.
-RUN = ["--subset", "3001", "--epochs", "2", "--batch-size", "32"]
+RUN = ["--subset", "3001", "--epochs", "2", "--batch-size", "32", "--device", "cpu"]
 # Float sums in another order (a gradient summed over two slices, then averaged by DDP) differ
 # from one process's in the last bits, about 1e-7 relative; over this run's 172 AdamW steps the
 # weights drifted about 1e-7 apart (measured). A real mistake (a slice seen twice, a wrong loss

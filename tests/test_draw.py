@@ -22,7 +22,7 @@ import datasets
 import draw
 import handwriting
 from checkpoint import load_checkpoint
-from conftest import ROOT, assert_one_line_error, run_main
+from conftest import ROOT, assert_one_line_error, next_line, run_main
 
 TEST_IMAGES, TEST_LABELS = datasets.load(ROOT / "data", "test")
 
@@ -202,8 +202,8 @@ def test_huge_pictures_are_refused_by_their_size_and_the_server_keeps_its_memory
                              "--port", "0", "--device", "cpu"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        page.stdout.readline()
-        port = int(re.search(r":(\d+)/", page.stdout.readline())[1])
+        next_line(page.stdout)
+        port = int(re.search(r":(\d+)/", next_line(page.stdout))[1])
         served = type("Served", (), {"server_address": ("127.0.0.1", port)})
 
         def peak_mb():
@@ -253,8 +253,8 @@ def test_a_person_runs_it_a_second_one_finds_the_port_taken_ctrl_c_stops_it(trai
     page = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:
-        first = page.stdout.readline()
-        address = page.stdout.readline()
+        first = next_line(page.stdout)
+        address = next_line(page.stdout)
         assert first.startswith(f"reading digits with {trained / 'best_model.pth'} (epoch 2, "
                                 f"test accuracy "), first
         port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", address)[1])

@@ -82,3 +82,11 @@ def test_a_graph_that_does_not_match_is_not_written(trained, tmp_path, monkeypat
 def test_missing_checkpoint_ends_the_real_process_in_one_line(tmp_path):
     assert_one_line_error(run("export.py", "--checkpoint", tmp_path / "none.pth"),
                           "no checkpoint at", "python train.py")
+
+
+def test_an_unwritable_out_is_one_line(trained, tmp_path):
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    result = run_main(export, "--checkpoint", trained / "best_model.pth", "--out",
+                      blocker / "lenet5.onnx")
+    assert_one_line_error(result, f"cannot write {blocker / 'lenet5.onnx'}", "--out")

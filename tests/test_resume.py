@@ -13,7 +13,7 @@ import train
 from conftest import ROOT, assert_one_line_error, run_main
 
 # Slow enough per epoch (about a second) to be stopped in the middle of one.
-RUN = ["--subset", "8000", "--epochs", "2", "--batch-size", "32"]
+RUN = ["--subset", "8000", "--epochs", "2", "--batch-size", "32", "--device", "cpu"]
 
 
 def start(save_dir, *extra):
@@ -188,3 +188,28 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, trained):
     assert_one_line_error(result, "could not write", "File too large", "previous version")
     assert (tmp_path / "best_model.pth").read_bytes() == before
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_refuses_what_it_cannot_continue(tmp_path, uninterrupted):
+    """A file of weights alone, a run of another device, --epochs on an unfinished run: one
+    line each, saying what to do."""
+    last = torch.load(uninterrupted / "last.pth", weights_only=True)
+    weights_only = {k: v for k, v in last.items()
+                    if k not in ("optimizer", "scheduler", "rng", "train_weights")}
+    (tmp_path / "weights").mkdir()
+    torch.save(weights_only, tmp_path / "weights" / "last.pth")
+    assert_one_line_error(run_main(train, "--resume", "--save-dir", tmp_path / "weights"),
+                          "holds no training state to resume")
+
+    (tmp_path / "gpu").mkdir()
+    torch.save(last | {"device": "cuda"}, tmp_path / "gpu" / "last.pth")
+    assert_one_line_error(run_main(train, "--resume", "--save-dir", tmp_path / "gpu",
+                                   "--device", "cpu"),
+                          "the run was trained on cuda; resume it there with --device cuda",
+                          code=2)
+
+    (tmp_path / "unfinished").mkdir()
+    torch.save(last | {"epoch": 1}, tmp_path / "unfinished" / "last.pth")
+    assert_one_line_error(run_main(train, "--resume", "--epochs", "5", "--save-dir",
+                                   tmp_path / "unfinished"),
+                          "stopped at epoch 1 of 2", "resume it without --epochs", code=2)
