@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+import cli
 from atomic import write_atomic
 from datasets import CLASSES, DATASETS
 from engine import new_model
@@ -20,7 +21,7 @@ from net import LeNet5
 CHECKPOINT_FORMAT = "lenet5-mnist"
 
 
-class CheckpointError(Exception):
+class CheckpointError(cli.Problem):
     """A checkpoint is missing, unreadable, unsafe or for another model; the message says which."""
 
 

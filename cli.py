@@ -12,6 +12,11 @@ from typing import Callable, Iterator
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+class Problem(Exception):
+    """A person's mistake (a missing file, a damaged checkpoint, a device this machine lacks):
+    ``run_script`` ends it in one line. Each module's errors of that kind derive from it."""
+
+
 class UsageError(Exception):
     """A mistake in the flags that only shows after parsing (flags that contradict a saved run,
     a split that leaves nothing to train on); the script's ``main`` reports it the way argparse
@@ -79,8 +84,8 @@ def stops_noted() -> Iterator[StopNote]:
             signal.signal(signum, handler)
 
 
-def run_script(main: Callable[[], None], problems: tuple[type[Exception], ...]) -> None:
-    """Run a script's ``main``. A person's mistake (one of ``problems``) ends in one line,
+def run_script(main: Callable[[], None]) -> None:
+    """Run a script's ``main``. A person's mistake (a ``Problem``) ends in one line,
     ``error: ...``, and status 1; Ctrl-C in one line and status 130; a reader that stops early
     (``python test.py | head``) ends it with status 1 and no traceback, as other command-line
     tools do."""
@@ -89,7 +94,7 @@ def run_script(main: Callable[[], None], problems: tuple[type[Exception], ...]) 
     try:
         main()
         sys.stdout.flush()    # a closed pipe must show here, not at interpreter exit
-    except problems as e:
+    except Problem as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         print("stopped by SIGINT", file=sys.stderr)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+import cli
 from atomic import write_atomic
 
 MEAN, STD = 0.1307, 0.3081           # MNIST's (``normalization`` of its training images)
@@ -32,7 +33,7 @@ MAX_SHEAR_DEG = 10.0
 MAX_SHIFT_PX = 3.0
 
 
-class DataError(Exception):
+class DataError(cli.Problem):
     """A data file is missing or damaged; the message says which and what to do."""
 
 

@@ -28,11 +28,8 @@ import confidence
 import datasets
 import engine
 import handwriting
-from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
-                        require_digits)
+from checkpoint import load_checkpoint, model_from_checkpoint, require_digits
 
-# A person's mistakes, each ended in one line by cli.run_script
-PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 DEFAULT_PORT = 8028
 MAX_UPLOAD = 20_000_000       # bytes; a phone's photo is a few MB
 READING_AT_ONCE = 2           # pictures decoded at the same time; the others wait
@@ -237,4 +234,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, PROBLEMS)
+    cli.run_script(main)

@@ -8,13 +8,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cli
 from net import LeNet5
 
 EVAL_BATCH_SIZE = 2000   # evaluation keeps no activations, so big batches are cheap
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
-class DeviceError(Exception):
+class DeviceError(cli.Problem):
     """The requested device is not available on this machine."""
 
 

@@ -27,18 +27,16 @@ import confidence
 import datasets
 import engine
 from atomic import write_atomic
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 
 # float32 sums in another order: a difference of 1e-4 in a logit would be a real mismatch.
 MAX_LOGIT_DIFFERENCE = 1e-4
 
 
-class ExportError(Exception):
+class ExportError(cli.Problem):
     """The exported graph does not compute what the checkpoint does."""
 
 
-# A person's mistakes, each ended in one line by cli.run_script
-PROBLEMS = (datasets.DataError, CheckpointError, ExportError)
 
 
 class RawPixels(nn.Module):
@@ -136,4 +134,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, PROBLEMS)
+    cli.run_script(main)

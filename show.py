@@ -25,11 +25,8 @@ import datasets
 import engine
 import handwriting
 from atomic import write_atomic
-from checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint,
-                        require_digits)
+from checkpoint import load_checkpoint, model_from_checkpoint, require_digits
 
-# A person's mistakes, each ended in one line by cli.run_script
-PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 ZOOM = 4                   # each 28x28 digit is drawn 112x112
 DIGIT_PX = datasets.SIDE * ZOOM    # side of one drawn digit
 COLUMNS = 10
@@ -244,4 +241,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, PROBLEMS)
+    cli.run_script(main)

@@ -19,11 +19,9 @@ import confidence
 import datasets
 import engine
 import plots
-from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
+from checkpoint import load_checkpoint, model_from_checkpoint
 
 
-# A person's mistakes, each ended in one line by cli.run_script
-PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -151,4 +149,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    cli.run_script(main, PROBLEMS)
+    cli.run_script(main)

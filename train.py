@@ -64,8 +64,6 @@ DATA_DIR = "data"        # holds MNIST/raw/ (FashionMNIST/raw/, KMNIST/raw/)
 SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 # ---------------------------------------------------------------------------------------------
 
-# A person's mistakes, each ended in one line by cli.run_script
-PROBLEMS = (datasets.DataError, CheckpointError, engine.DeviceError)
 OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
 STOP_CHECK_STEPS = 8    # with several processes, how often they agree whether to stop
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
@@ -388,7 +386,7 @@ def main(argv=None) -> None:
             print(f"\nstopped by {stop}: {what_a_stop_keeps(args, world, since)}",
                   file=sys.stderr)
         sys.exit(128 + stop.signum)
-    except PROBLEMS:
+    except cli.Problem:
         if world.main:
             raise
         sys.exit(1)
@@ -546,4 +544,4 @@ def stopping_together(on_step, stop: cli.StopNote, device: torch.device):
 
 
 if __name__ == "__main__":
-    cli.run_script(main, PROBLEMS)
+    cli.run_script(main)

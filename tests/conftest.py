@@ -54,8 +54,7 @@ def run_main(module, *args, cwd=ROOT) -> subprocess.CompletedProcess:
     os.chdir(cwd)
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            cli.run_script(lambda: module.main([str(a) for a in args]),
-                           getattr(module, "PROBLEMS", ()))
+            cli.run_script(lambda: module.main([str(a) for a in args]))
         code = 0
     except SystemExit as e:   # what the interpreter does with sys.exit's argument
         code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1

@@ -1,7 +1,5 @@
 """confidence.py: probabilities that mean what they say, and "no digit here", measured with the
 shipped model on MNIST's test images, generated photos and generated non-digits."""
-import io
-
 import pytest
 import torch
 
