@@ -9,9 +9,11 @@ import io
 import os
 import struct
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,30 @@ def next_line(stream, timeout: float = 120) -> str:
     reader.join(timeout)
     assert line, f"no output within {timeout} s"
     return line[0]
+
+
+def wait_until_stops_are_handled(process: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the script has installed its own stop handlers (cli.stop_quietly_while_starting,
+    its first act): the process then catches SIGTERM, which Python alone does not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = Path(f"/proc/{process.pid}/status").read_text()
+        caught = int(next(line for line in status.splitlines()
+                          if line.startswith("SigCgt:")).split()[1], 16)
+        if caught >> (signal.SIGTERM - 1) & 1:
+            return
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the script never took over its stop signals"
+        time.sleep(0.005)
+
+
+def wait_until_torch_is_loaded(process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the process has mapped torch's library: its import is under way or done."""
+    deadline = time.monotonic() + timeout
+    while "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "torch was never loaded"
+        time.sleep(0.01)
 
 
 def run_main(module, *args, cwd=ROOT) -> subprocess.CompletedProcess:

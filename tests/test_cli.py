@@ -3,7 +3,6 @@ import importlib
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -13,7 +12,8 @@ import export
 import show
 import test
 import train
-from conftest import ROOT, run_main
+from conftest import (ROOT, run_main, wait_until_stops_are_handled,
+                      wait_until_torch_is_loaded)
 
 STOPS = (signal.SIGINT, signal.SIGTERM)
 
@@ -52,19 +52,22 @@ def test_ctrl_c_in_a_script_is_one_line_and_status_130():
     assert result.stderr == "stopped by SIGINT\n"
 
 
+@pytest.mark.parametrize("when", ["starting", "at work"])
 @pytest.mark.parametrize("script, args", [
     ("test.py", ["--confusion", "{tmp}/c.png"]), ("show.py", ["--errors", "--out", "{tmp}/e.png"]),
     ("bench.py", ["--quick"]), ("export.py", ["--out", "{tmp}/lenet5.onnx"]),
 ])
-def test_ctrl_c_while_a_script_starts_or_works_is_quiet(trained, tmp_path, script, args):
-    """Half a second in, the script is loading torch or already at work (each of these works
-    for seconds): either way a stop is one line and status 130, never a traceback."""
+def test_ctrl_c_while_a_script_starts_or_works_is_quiet(trained, tmp_path, script, args, when):
+    """While torch loads, or once it is loaded and the script is at work (each works for
+    seconds): a stop is one line and status 130, never a traceback."""
     if script != "bench.py":       # the others work on the trained checkpoint
         args = ["--checkpoint", trained / "best_model.pth", *args]
     process = subprocess.Popen([sys.executable, str(ROOT / script),
                                 *(str(a).format(tmp=tmp_path) for a in args)], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    wait_until_stops_are_handled(process)        # torch is still loading for seconds
+    if when == "at work":
+        wait_until_torch_is_loaded(process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err

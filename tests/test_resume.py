@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import train
-from conftest import ROOT, assert_one_line_error, run_main
+from conftest import (ROOT, assert_one_line_error, next_line, run_main,
+                      wait_until_stops_are_handled)
 
 # Slow enough per epoch (about a second) to be stopped in the middle of one.
 RUN = ["--subset", "8000", "--epochs", "2", "--batch-size", "32", "--device", "cpu"]
@@ -85,10 +86,13 @@ def test_sigterm_exits_143_and_keeps_the_finished_epoch(tmp_path):
     assert saved_epoch(tmp_path / "last.pth") == 1
 
 
-@pytest.mark.parametrize("delay", [0.5, 3.0])       # importing torch; loading data or later
-def test_stop_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, delay):
+@pytest.mark.parametrize("when", ["starting", "training"])
+def test_stop_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, when):
+    """While torch loads, or once the first epoch has begun."""
     process = start(tmp_path)
-    time.sleep(delay)
+    wait_until_stops_are_handled(process)
+    if when == "training":
+        assert next_line(process.stdout).startswith("training LeNet-5")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
