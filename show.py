@@ -193,7 +193,7 @@ def show_own_images(args, reader, checkpoint, device, font
         pair.paste(enlarged((prepared * 255).round().byte()), (DIGIT_PX + 8, 0))
         name = path.name if len(path.name) <= 28 else path.name[:25] + "..."
         caption = (f"seen as {classes[reading.best]} ({reading.sure:.1%})" if reading.digit
-                   else f"not a digit (closest: {classes[reading.best]})")
+                   else f"not a digit (as a digit: {classes[reading.best]})")
         tiles.append(tile(pair, [name, caption], not reading.digit, font))
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
@@ -208,7 +208,7 @@ def describe(reading: confidence.Reading, classes: list[str]) -> str:
     others = ", ".join(f"{classes[i]} {p:.1%}" for p, i in zip(top.values[1:].tolist(),
                                                                top.indices[1:].tolist()))
     if not reading.digit:
-        return (f"not a digit (closest: {classes[reading.best]} {reading.sure:.1%}, "
+        return (f"not a digit (as a digit: {classes[reading.best]} {reading.sure:.1%}, "
                 f"then {others})")
     return f"{classes[reading.best]}  ({reading.sure:.1%} sure; then {others})"
 

@@ -52,7 +52,7 @@ function showReading(reading) {
     answer.textContent = `Read as ${classes[best]}: ${sureness(p[best])} (${percent})`;
     answer.dataset.digit = classes[best];
   } else {
-    answer.textContent = `Not a digit (closest: ${classes[best]}, ${percent})`;
+    answer.textContent = `Not a digit (as a digit: ${classes[best]}, ${percent})`;
     delete answer.dataset.digit;
   }
   [...bars.children].forEach((row, i) => {

@@ -121,7 +121,7 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
                       tmp_path / "missing.jpg", "--out", out)
     assert result.returncode == 0, result.stderr
     # A two-epoch model may find a picture no digit; each still gets its line of figures.
-    reading = r"(?:\d  \(\d+\.\d% sure;|not a digit \(closest: \d \d+\.\d%,)"
+    reading = r"(?:\d  \(\d+\.\d% sure;|not a digit \(as a digit: \d \d+\.\d%,)"
     answers = dict(re.findall(rf"(\S+\.(?:jpg|png)): ({reading})", result.stdout))
     assert set(answers) == {str(folder / "seven.jpg"), str(folder / "one.png")}
     assert re.search(rf"one\.png: {reading} then \d \d+\.\d%, \d \d+\.\d%\)", result.stdout)
@@ -202,5 +202,5 @@ def test_own_pictures_say_not_a_digit_and_how_sure(reader, tmp_path):
         assert re.search(rf"a{i}\.jpg: {digit}  \(\d+\.\d% sure; then ", line), line
     for i in range(len(others)):
         line = next(l for l in lines if f"b{i}.png" in l)
-        assert re.search(rf"b{i}\.png: not a digit \(closest: \d \d+\.\d%, then ", line), line
+        assert re.search(rf"b{i}\.png: not a digit \(as a digit: \d \d+\.\d%, then ", line), line
     assert (tmp_path / "own.png").exists()
