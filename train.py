@@ -280,8 +280,9 @@ def restore(state: dict, args, model, ema, optimizer, generator, steps_per_epoch
         ema.model.load_state_dict(state["model"])
         ema.updates = state["ema_updates"]
     done = state["epoch"]
-    if done == state["hparams"]["epochs"] and args.scheduler == "onecycle":
-        # A finished OneCycle run gets a new cycle of its own over the added epochs.
+    if done == state["hparams"]["epochs"] < args.epochs and args.scheduler == "onecycle":
+        # A finished OneCycle run gets a new cycle of its own over the added epochs (a
+        # restarted one that has none to add only finishes).
         optimizer.load_state_dict(state["optimizer"])
         scheduler, per_batch = make_scheduler(optimizer, args, args.epochs - done,
                                               steps_per_epoch)

@@ -1,5 +1,6 @@
 """Stops of every kind lose no finished work, and a resumed run equals an uninterrupted one."""
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def uninterrupted(tmp_path_factory):
     return save_dir
 
 
+@pytest.mark.processes
 def test_ctrl_c_stops_fast_and_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
     process = start(tmp_path)
     wait_for(tmp_path / "last.pth", process)          # epoch 1 is done; stop during epoch 2
@@ -76,6 +78,7 @@ def test_ctrl_c_stops_fast_and_resume_equals_an_uninterrupted_run(tmp_path, unin
         (uninterrupted / "history.csv").read_text()
 
 
+@pytest.mark.processes
 def test_sigterm_exits_143_and_keeps_the_finished_epoch(tmp_path):
     process = start(tmp_path)
     wait_for(tmp_path / "last.pth", process)
@@ -86,6 +89,7 @@ def test_sigterm_exits_143_and_keeps_the_finished_epoch(tmp_path):
     assert saved_epoch(tmp_path / "last.pth") == 1
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("when", ["starting", "training"])
 def test_stop_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, when):
     """While torch loads, or once the first epoch has begun."""
@@ -100,6 +104,7 @@ def test_stop_before_the_first_epoch_ends_says_nothing_was_saved(tmp_path, when)
     assert not (tmp_path / "last.pth").exists()
 
 
+@pytest.mark.processes
 def test_kill_9_leaves_whole_checkpoints_that_resume(tmp_path):
     process = start(tmp_path)
     wait_for(tmp_path / "last.pth", process)
@@ -115,6 +120,7 @@ def test_kill_9_leaves_whole_checkpoints_that_resume(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))              # leftovers are cleared
 
 
+@pytest.mark.processes
 def test_kill_9_in_the_middle_of_a_write_keeps_the_old_file(tmp_path):
     target = tmp_path / "best_model.pth"
     target.write_bytes(b"old complete version")
@@ -217,3 +223,23 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path, uninterrupted):
     assert_one_line_error(run_main(train, "--resume", "--epochs", "5", "--save-dir",
                                    tmp_path / "unfinished"),
                           "stopped at epoch 1 of 2", "resume it without --epochs", code=2)
+
+
+@pytest.mark.parametrize("saved_by, resumes", [("this run", True), ("an earlier run", False)])
+def test_a_restart_by_torchrun_continues_its_own_run_only(tmp_path, monkeypatch, uninterrupted,
+                                                          saved_by, resumes):
+    """torchrun restarts the processes after a failure, giving them the run's id: the restarted
+    run continues last.pth when that file is its own, and starts over beside another run's."""
+    import ddp
+    last = torch.load(uninterrupted / "last.pth", weights_only=True)
+    torch.save(last | {"run_id": saved_by}, tmp_path / "last.pth")
+    shutil.copy(uninterrupted / "best_model.pth", tmp_path)
+    restarted = ddp.World(restarts=1, run_id="this run")
+    monkeypatch.setattr(ddp, "start", lambda device: (restarted, torch.device("cpu")))
+    result = run_main(train, *RUN, "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert ("resuming" in result.stdout) == resumes, result.stdout
+    epochs_trained = [line.split()[0] for line in result.stdout.splitlines()
+                      if line.split() and line.split()[0].isdigit()]
+    assert epochs_trained == ([] if resumes else ["1", "2"]), result.stdout
+    assert_same_weights(tmp_path / "last.pth", uninterrupted / "last.pth")
