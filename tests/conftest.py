@@ -107,6 +107,36 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str,
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slow by nature (compilation); "
                                        "-m 'not slow' leaves it out")
+    config.addinivalue_line("markers", "processes: starts processes (the scripts, torchrun, "
+                                       "a browser); -m 'not processes' runs the rest in-process")
+
+
+_running = None     # the test being set up, run or torn down
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    global _running
+    _running = item
+    try:
+        return (yield)
+    finally:
+        _running = None
+
+
+def _refuse_unmarked(start):
+    """``Popen``'s start, failing a test that starts a process without the ``processes``
+    marker (directly or through a fixture it is the first to use), so that
+    ``-m 'not processes'`` stays the quick in-process tier it claims to be."""
+    def checked(*args, **kwargs):
+        if _running is not None and not _running.get_closest_marker("processes"):
+            raise AssertionError(f"{_running.nodeid} starts a process: mark it "
+                                 f"@pytest.mark.processes")
+        return start(*args, **kwargs)
+    return checked
+
+
+subprocess.Popen._execute_child = _refuse_unmarked(subprocess.Popen._execute_child)
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,7 @@ def test_impossible_values_are_refused(args, message):
     assert_one_line_error(run_main(bench, *args), message, code=2)
 
 
+@pytest.mark.processes
 def test_a_mistake_ends_the_real_process_in_one_line():
     assert_one_line_error(run("bench.py", "--device", "tpu"), "invalid choice: 'tpu'", code=2)
 

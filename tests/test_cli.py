@@ -57,6 +57,7 @@ def test_ctrl_c_in_a_script_is_one_line_and_status_130():
     ("test.py", ["--confusion", "{tmp}/c.png"]), ("show.py", ["--errors", "--out", "{tmp}/e.png"]),
     ("bench.py", ["--quick"]), ("export.py", ["--out", "{tmp}/lenet5.onnx"]),
 ])
+@pytest.mark.processes
 def test_ctrl_c_while_a_script_starts_or_works_is_quiet(trained, tmp_path, script, args, when):
     """While torch loads, or once it is loaded and the script is at work (each works for
     seconds): a stop is one line and status 130, never a traceback."""

@@ -72,6 +72,7 @@ def two_processes(tmp_path_factory):
     return save_dir, result
 
 
+@pytest.mark.processes
 def test_two_processes_train_the_model_of_one(one_process, two_processes):
     save_dir, result = two_processes
     lines = result.stdout.splitlines()
@@ -83,6 +84,7 @@ def test_two_processes_train_the_model_of_one(one_process, two_processes):
         assert all(abs(x - y) < 1e-4 for x, y in zip(a, b)), (one, two)   # counts, losses, lr
 
 
+@pytest.mark.processes
 def test_the_checkpoint_reads_as_one_process_made_it(two_processes):
     save_dir, result = two_processes
     best = torch.load(save_dir / "best_model.pth", weights_only=True)
@@ -95,6 +97,7 @@ def test_the_checkpoint_reads_as_one_process_made_it(two_processes):
     assert json.loads(tested.stdout)["errors"] == errors
 
 
+@pytest.mark.processes
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_interrupted(
         tmp_path, two_processes):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -119,6 +122,7 @@ def test_a_killed_worker_is_restarted_and_the_run_ends_as_if_never_interrupted(
     assert history(tmp_path) == history(reference)
 
 
+@pytest.mark.processes
 def test_a_run_continues_on_another_number_of_processes(tmp_path):
     """Begun on one process, continued on two, it equals the run continued on one (with SGD,
     StepLR and bfloat16 autocast: the other recipes of train.py work under DDP too)."""
@@ -143,6 +147,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.processes
 def test_two_nodes_on_one_machine_equal_one_node_of_two_processes(tmp_path, two_processes):
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [subprocess.Popen(
@@ -166,6 +171,7 @@ def test_two_nodes_on_one_machine_equal_one_node_of_two_processes(tmp_path, two_
                               reference / "last.pth") < TOLERANCE
 
 
+@pytest.mark.processes
 def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path):
     result = torchrun("train.py", "--subset", "500", "--epochs", "1", "--batch-size", "33",
                       "--save-dir", tmp_path)
@@ -176,6 +182,7 @@ def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path):
                     "pick a multiple of 2"], result.stderr
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("signum, to", [(signal.SIGTERM, "torchrun"), (signal.SIGINT, "all"),
                                         (signal.SIGTERM, "one worker")],
                          ids=["SIGTERM to torchrun", "Ctrl-C in its terminal",
@@ -214,6 +221,7 @@ def test_a_stop_ends_every_worker_cleanly(tmp_path, signum, to):
             open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
+@pytest.mark.processes
 def test_a_node_that_never_comes_ends_the_rendezvous_in_bounded_time(tmp_path):
     started = time.monotonic()
     result = torchrun("--nnodes=2", "--node-rank=0", "--nproc-per-node=1",

@@ -195,6 +195,7 @@ def huge_png(side: int = 12000) -> bytes:
     return png(picture)
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak memory in /proc")
 def test_huge_pictures_are_refused_by_their_size_and_the_server_keeps_its_memory(reader):
     """Sixteen uploads at once of a small file claiming 144 megapixels: each is refused from
@@ -248,6 +249,7 @@ def test_the_page_says_which_model_answers(server, reader):
     assert info["classes"] == list("0123456789")
 
 
+@pytest.mark.processes
 def test_a_person_runs_it_a_second_one_finds_the_port_taken_ctrl_c_stops_it(trained):
     command = [sys.executable, str(ROOT / "draw.py"), "--checkpoint",
                str(trained / "best_model.pth"), "--port", "0"]
@@ -356,6 +358,7 @@ def answer(tab) -> str:
     return tab.get_attribute("#answer", "data-digit")
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("digit", STROKES)
 def test_digits_drawn_with_the_mouse_are_read(page, digit):
     for points in STROKES[digit]:
@@ -365,11 +368,13 @@ def test_digits_drawn_with_the_mouse_are_read(page, digit):
     assert len(bars) == 10 and abs(sum(float(b.rstrip("%")) for b in bars) - 100) < 1
 
 
+@pytest.mark.processes
 def test_a_digit_drawn_with_a_finger_is_read(page):
     stroke_with_finger(page, STROKES["7"][0])
     assert answer(page) == "7", page.inner_text("#answer")
 
 
+@pytest.mark.processes
 def test_a_photo_is_read_a_bad_file_is_an_error_and_nothing_is_fetched_elsewhere(
         page, tmp_path, server):
     photo = Image.new("L", (400, 300), 230)
@@ -392,6 +397,7 @@ def test_a_photo_is_read_a_bad_file_is_an_error_and_nothing_is_fetched_elsewhere
     assert page.asked and all(url.startswith(base) for url in page.asked), page.asked
 
 
+@pytest.mark.processes
 def test_screenshot(page, tmp_path):
     """The README's picture of the page, taken as the page is used."""
     for points in STROKES["4"]:
@@ -407,6 +413,7 @@ TANGLE = [(140 + 90 * math.cos(0.245 * i) * math.cos(0.0805 * i), 140 + 90 * mat
           for i in range(60)]
 
 
+@pytest.mark.processes
 def test_a_scribble_and_a_line_are_not_digits(page):
     for points in [TANGLE, [(40, 150), (240, 160)]]:
         page.click("#clear")
@@ -416,6 +423,7 @@ def test_a_scribble_and_a_line_are_not_digits(page):
         assert page.evaluate("document.body.dataset.reading") == "none"
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("corner", [(15, 15), (185, 185)])
 def test_a_small_digit_in_a_corner_is_read_like_a_large_one(page, corner):
     """The page's pen is 23 px wide whatever the digit's size."""
@@ -427,6 +435,7 @@ def test_a_small_digit_in_a_corner_is_read_like_a_large_one(page, corner):
     assert "sure" in page.inner_text("#answer")
 
 
+@pytest.mark.processes
 def test_an_error_clears_the_previous_reading(page, tmp_path):
     stroke_with_mouse(page, STROKES["1"][0])
     assert answer(page) == "1"
@@ -441,6 +450,7 @@ def test_an_error_clears_the_previous_reading(page, tmp_path):
     assert max(seen) == 0
 
 
+@pytest.mark.processes
 def test_on_a_phone_the_answer_the_error_and_the_28x28_view_are_on_screen(browser, server,
                                                                          tmp_path):
     context = browser.new_context(has_touch=True, is_mobile=True,
@@ -461,6 +471,7 @@ def test_on_a_phone_the_answer_the_error_and_the_28x28_view_are_on_screen(browse
     context.close()
 
 
+@pytest.mark.processes
 def test_choose_a_photo_is_reached_with_the_keyboard(page):
     reached = []
     for _ in range(8):
@@ -469,6 +480,7 @@ def test_choose_a_photo_is_reached_with_the_keyboard(page):
     assert "clear" in reached and "file" in reached, reached
 
 
+@pytest.mark.processes
 def test_the_final_answer_is_announced_once_per_stroke_not_per_reading(page):
     page.evaluate("""window.announced = [];
         new MutationObserver(() => announced.push(document.getElementById('spoken').textContent))
@@ -483,6 +495,7 @@ def test_the_final_answer_is_announced_once_per_stroke_not_per_reading(page):
     assert announced[-1] == page.inner_text("#answer")
 
 
+@pytest.mark.processes
 def test_a_photo_shows_that_it_is_being_read_and_no_request_fails(page, tmp_path, server):
     photo = Image.new("RGB", (3000, 2000), (235, 235, 230))
     photo.paste(Image.fromarray(255 - TEST_IMAGES[5].numpy()).resize((900, 900)), (1000, 500))

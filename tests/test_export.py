@@ -58,6 +58,7 @@ def test_the_file_takes_raw_pixels_in_any_batch_size_and_describes_itself(traine
     assert f"test accuracy {report['accuracy']:.2%}" in stdout
 
 
+@pytest.mark.processes
 def test_the_readme_example_runs_on_the_exported_file(exported, tmp_path):
     path, _ = exported
     readme = (ROOT / "README.md").read_text()
@@ -79,6 +80,7 @@ def test_a_graph_that_does_not_match_is_not_written(trained, tmp_path, monkeypat
     assert out.read_bytes() == b"the previous export"
 
 
+@pytest.mark.processes
 def test_missing_checkpoint_ends_the_real_process_in_one_line(tmp_path):
     assert_one_line_error(run("export.py", "--checkpoint", tmp_path / "none.pth"),
                           "no checkpoint at", "python train.py")

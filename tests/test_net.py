@@ -67,6 +67,7 @@ def test_tutorial_state_dict_keys_load_unchanged():
     assert torch.equal(fresh(x), source(x))
 
 
+@pytest.mark.processes
 def test_running_net_py_prints_shapes_and_parameter_count():
     result = subprocess.run([sys.executable, str(ROOT / "net.py")], capture_output=True,
                             text=True, timeout=120)

@@ -110,6 +110,7 @@ def test_unknown_device(trained):
     ("show.py", ["--out", "{tmp}/predictions.png"], "predictions.png"),
     ("train.py", [*SMOKE, "--save-dir", "{tmp}/run"], None),
 ])
+@pytest.mark.processes
 def test_a_reader_that_stops_early_gets_no_traceback(trained, tmp_path, script, args, picture):
     """`python test.py | head`: the pipe closes before the report is written; the picture
     is still drawn."""

@@ -213,6 +213,7 @@ def test_amp_trains_a_real_model_on_cpu(tmp_path):
     check_speed_option(tmp_path, result, "--amp")
 
 
+@pytest.mark.processes
 @pytest.mark.slow
 def test_compile_trains_a_real_model_on_cpu(tmp_path):
     # 2,560 images in batches of 64 without validation: one batch shape, so one compilation
@@ -252,6 +253,7 @@ def test_another_data_set_trains_with_its_own_constants_names_and_augmentation(
     assert spec.title in resumed.stdout
 
 
+@pytest.mark.processes
 def test_a_second_run_on_the_same_save_dir_is_refused_and_a_killed_one_leaves_no_lock(tmp_path):
     """Two runs in one folder would delete each other's half-written files; the second is
     refused in one line. The lock goes with its process: after kill -9 a new run starts."""
@@ -270,6 +272,7 @@ def test_a_second_run_on_the_same_save_dir_is_refused_and_a_killed_one_leaves_no
     assert third.returncode == 0, third.stderr
 
 
+@pytest.mark.processes
 def test_the_block_is_the_one_place_of_each_default_and_its_help(tmp_path):
     """Editing a line of the block changes both the default and the help that --help shows."""
     import os
