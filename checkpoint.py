@@ -14,7 +14,7 @@ import torch
 
 import cli
 from atomic import write_atomic
-from datasets import CLASSES, DATASETS
+from datasets import CLASSES
 from engine import new_model
 from net import LeNet5
 
@@ -89,10 +89,3 @@ def model_from_checkpoint(checkpoint: dict, device: torch.device, path: str | Pa
                               ) from None
     return model.eval()
 
-
-def require_digits(checkpoint: dict, path: str | Path, reader: str) -> None:
-    """Refuse a model of clothing or kana for ``reader``, which reads handwritten digits."""
-    dataset = DATASETS[checkpoint["dataset"]]
-    if not dataset.digits:
-        raise CheckpointError(f"{path} was trained on {dataset.title}; {reader} reads "
-                              f"handwritten digits, so it needs a model trained on MNIST")

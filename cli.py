@@ -17,6 +17,17 @@ class Problem(Exception):
     ``run_script`` ends it in one line. Each module's errors of that kind derive from it."""
 
 
+@contextmanager
+def writing(path, flag: str) -> Iterator[None]:
+    """Within the block, a failure to write ``path`` is a ``Problem`` that names the flag which
+    chooses another place."""
+    try:
+        yield
+    except OSError as e:
+        raise Problem(f"cannot write {path} ({e.strerror or e}): pass another {flag} PATH"
+                      ) from None
+
+
 class UsageError(Exception):
     """A mistake in the flags that only shows after parsing (flags that contradict a saved run,
     a split that leaves nothing to train on); the script's ``main`` reports it the way argparse

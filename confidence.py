@@ -12,13 +12,17 @@ the share of validation digits that look at least as unusual (an empirical p-val
 are combined by Fisher's method; a picture less typical than ``REFUSED_DIGITS`` of the
 validation digits is refused. docs/trust.md has the choice of the rule and its measurements.
 """
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import multiclass_calibration_error
 
+import datasets
+import engine
+from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from net import LeNet5
 
 REFUSED_DIGITS = 0.01     # share of validation digits that the rule refuses, by construction
@@ -141,10 +145,30 @@ class Reader:
     temperature 1 and refuses nothing but blank pictures; ``calibrated`` says which."""
 
     def __init__(self, model: LeNet5, checkpoint: dict):
-        self.model = model
+        self.model, self.checkpoint = model, checkpoint
         self.calibration = checkpoint.get("calibration")
         self.calibrated = self.calibration is not None
         self.temperature = self.calibration["temperature"] if self.calibrated else 1.0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def normalized(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1] (H x W or N x 1 x H x W) as the model's input: one batch on its
+        device, normalized as the checkpoint's training images were."""
+        x = pixels if pixels.dim() == 4 else pixels[None, None]
+        return ((x - self.checkpoint["mean"]) / self.checkpoint["std"]).to(self.device)
+
+    def batches(self, images: torch.Tensor, labels: torch.Tensor) -> datasets.Batches:
+        """Images (N x 28 x 28, uint8) and their labels in evaluation batches on the model's
+        device, normalized as the checkpoint's training images were."""
+        return datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, self.device,
+                                mean=self.checkpoint["mean"], std=self.checkpoint["std"])
+
+    def test_batches(self, data_dir: str | Path) -> datasets.Batches:
+        """The test images of the set the checkpoint was trained on, as ``batches``."""
+        return self.batches(*datasets.load(data_dir, "test", self.checkpoint["dataset"]))
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Calibrated class probabilities of normalized images (on the CPU)."""
@@ -166,15 +190,30 @@ class Reader:
         return [Reading(p, float(s) <= c["limit"]) for p, s in zip(probabilities, scores)]
 
 
-def uncalibrated_note(path) -> str:
-    return (f"note: {path} holds no calibration (saved before it, or trained with --val-size "
-            f"0): its probabilities are the network's own, and no picture is refused as not "
-            f"a digit")
+def open_reader(path: str | Path, device: torch.device, digits_for: str | None = None
+                ) -> Reader:
+    """The checkpoint at ``path``, its model on ``device``, ready to read. ``digits_for`` names
+    a reader of handwritten digits (the page, ``--image``), which refuses a model of clothing or
+    kana. A checkpoint without calibration is said once, on stderr."""
+    checkpoint = load_checkpoint(path)
+    dataset = datasets.DATASETS[checkpoint["dataset"]]
+    if digits_for and not dataset.digits:
+        raise CheckpointError(f"{path} was trained on {dataset.title}; {digits_for} reads "
+                              f"handwritten digits, so it needs a model trained on MNIST")
+    reader = Reader(model_from_checkpoint(checkpoint, device, path), checkpoint)
+    if not reader.calibrated:
+        print(f"note: {path} holds no calibration (saved before it, or trained with "
+              f"--val-size 0): its probabilities are the network's own, and no picture is "
+              f"refused as not a digit", file=sys.stderr)
+    return reader
 
 
 def calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15
                       ) -> float:
     """Expected calibration error (top-label, ``bins`` equal-width bins), by torchmetrics."""
+    # Imported here: torchmetrics brings torchvision and SciPy along, 2.7 s on 2 cores, which
+    # every script would pay at start for what only test.py uses.
+    from torchmetrics.functional.classification import multiclass_calibration_error
     return float(multiclass_calibration_error(probabilities, labels, probabilities.shape[1],
                                               n_bins=bins, norm="l1"))
 

@@ -22,13 +22,10 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import torch
-
 import confidence
 import datasets
 import engine
 import handwriting
-from checkpoint import load_checkpoint, model_from_checkpoint, require_digits
 
 DEFAULT_PORT = 8028
 MAX_UPLOAD = 20_000_000       # bytes; a phone's photo is a few MB
@@ -61,17 +58,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 class PageReader:
     """The checkpoint's model behind the page: a picture's bytes in, its reading out."""
 
-    def __init__(self, checkpoint: dict, reader: confidence.Reader, device: torch.device):
-        self.reader, self.device = reader, device
-        self.mean, self.std = checkpoint["mean"], checkpoint["std"]
+    def __init__(self, reader: confidence.Reader):
+        self.reader = reader
 
     def read(self, data: bytes) -> dict:
         """The calibrated probabilities, whether the picture holds a digit, and the 28x28 image
         the model saw (0-255, row by row). Raises ``handwriting.ImageProblem`` for a picture
         that cannot be read."""
         prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(data), "the picture"))
-        x = ((prepared - self.mean) / self.std)[None, None].to(self.device)
-        reading = self.reader.read(x)[0]
+        reading = self.reader.read(self.reader.normalized(prepared))[0]
         return {"probabilities": [round(p, 6) for p in reading.probabilities.tolist()],
                 "digit": reading.digit, "best": reading.best, "sure": round(reading.sure, 6),
                 "seen": (prepared * 255).round().byte().flatten().tolist()}
@@ -85,15 +80,13 @@ def describe(checkpoint: dict, path: str, test_accuracy: float | None) -> dict:
             "calibrated": "calibration" in checkpoint}
 
 
-def accuracy_on_test_set(checkpoint: dict, model, device, data_dir: str) -> float | None:
+def accuracy_on_test_set(reader: confidence.Reader, data_dir: str) -> float | None:
     """The model's accuracy on its set's test images, or None when they are not at hand."""
     try:
-        images, labels = datasets.load(data_dir, "test", checkpoint["dataset"])
+        batches = reader.test_batches(data_dir)
     except datasets.DataError:
         return None
-    batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
-                               mean=checkpoint["mean"], std=checkpoint["std"])
-    return engine.evaluate(model, batches).accuracy
+    return engine.evaluate(reader.model, batches).accuracy
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -188,10 +181,10 @@ def make_server(host: str, port: int, reader: PageReader, model_info: dict
         server = http.server.ThreadingHTTPServer((host, port), Handler)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise SystemExit(f"error: port {port} is in use (another draw.py?): stop that "
-                             f"program or pass --port N (--port 0 picks a free one)") from None
-        raise SystemExit(f"error: cannot listen on {host}:{port} ({e.strerror or e}): "
-                         f"check --host and --port") from None
+            raise cli.Problem(f"port {port} is in use (another draw.py?): stop that "
+                              f"program or pass --port N (--port 0 picks a free one)") from None
+        raise cli.Problem(f"cannot listen on {host}:{port} ({e.strerror or e}): "
+                          f"check --host and --port") from None
     server.daemon_threads = True
     server.reader, server.model_info = reader, model_info
     server.readers = threading.BoundedSemaphore(READING_AT_ONCE)
@@ -201,16 +194,11 @@ def make_server(host: str, port: int, reader: PageReader, model_info: dict
 def open_page(args: argparse.Namespace) -> http.server.ThreadingHTTPServer:
     """The page's server for ``args``, listening but not yet serving, with the checkpoint's
     model behind it."""
-    device = engine.pick_device(args.device)
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, device, args.checkpoint)
-    require_digits(checkpoint, args.checkpoint, "the page")
-    reader = confidence.Reader(model, checkpoint)
-    if not reader.calibrated:
-        print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
-    accuracy = accuracy_on_test_set(checkpoint, model, device, args.data_dir)
-    return make_server(args.host, args.port, PageReader(checkpoint, reader, device),
-                       describe(checkpoint, args.checkpoint, accuracy))
+    reader = confidence.open_reader(args.checkpoint, engine.pick_device(args.device),
+                                    digits_for="the page")
+    accuracy = accuracy_on_test_set(reader, args.data_dir)
+    return make_server(args.host, args.port, PageReader(reader),
+                       describe(reader.checkpoint, args.checkpoint, accuracy))
 
 
 def main(argv=None) -> None:

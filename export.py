@@ -15,7 +15,6 @@ if __name__ == "__main__":    # importing torch takes seconds: a stop during it 
 
 import argparse
 import json
-import sys
 import warnings
 
 import onnx
@@ -27,7 +26,6 @@ import confidence
 import datasets
 import engine
 from atomic import write_atomic
-from checkpoint import load_checkpoint, model_from_checkpoint
 
 # float32 sums in another order: a difference of 1e-4 in a logit would be a real mismatch.
 MAX_LOGIT_DIFFERENCE = 1e-4
@@ -35,8 +33,6 @@ MAX_LOGIT_DIFFERENCE = 1e-4
 
 class ExportError(cli.Problem):
     """The exported graph does not compute what the checkpoint does."""
-
-
 
 
 class RawPixels(nn.Module):
@@ -92,12 +88,8 @@ def compare(onnx_bytes: bytes, pixels: torch.Tensor, expected: torch.Tensor
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    checkpoint = load_checkpoint(args.checkpoint)
-    cpu = torch.device("cpu")
-    reader = confidence.Reader(model_from_checkpoint(checkpoint, cpu, args.checkpoint),
-                               checkpoint)
-    if not reader.calibrated:
-        print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
+    reader = confidence.open_reader(args.checkpoint, torch.device("cpu"))
+    checkpoint = reader.checkpoint
     model = RawPixels(reader.model, checkpoint["mean"], checkpoint["std"],
                       reader.temperature).eval()
     dataset = checkpoint["dataset"]
@@ -124,11 +116,8 @@ def main(argv=None) -> None:
         raise ExportError(f"the exported graph does not match the checkpoint (need all "
                           f"{len(labels):,} and a difference below {MAX_LOGIT_DIFFERENCE:.0e}); "
                           f"{args.out} was not written")
-    try:
+    with cli.writing(args.out, "--out"):
         write_atomic(args.out, lambda f: f.write(onnx_bytes))
-    except OSError as e:
-        raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}): "
-                         f"pass another --out PATH") from None
     print(f"wrote {args.out} ({len(onnx_bytes) / 1024:.0f} kB; test accuracy "
           f"{correct / len(labels):.2%}, classes {', '.join(checkpoint['classes'])})")
 

@@ -25,7 +25,6 @@ import datasets
 import engine
 import handwriting
 from atomic import write_atomic
-from checkpoint import load_checkpoint, model_from_checkpoint, require_digits
 
 ZOOM = 4                   # each 28x28 digit is drawn 112x112
 DIGIT_PX = datasets.SIDE * ZOOM    # side of one drawn digit
@@ -75,7 +74,7 @@ def pick_indices(args, total: int) -> torch.Tensor:
         generator.manual_seed(args.seed) if args.seed is not None else generator.seed()
         return torch.randperm(total, generator=generator)[:args.count].sort().values
     if not 0 <= args.start < total:
-        raise SystemExit(f"error: --start must be between 0 and {total - 1}, got {args.start}")
+        raise cli.Problem(f"--start must be between 0 and {total - 1}, got {args.start}")
     return torch.arange(args.start, min(args.start + args.count, total))
 
 
@@ -129,32 +128,31 @@ def open_in_viewer(path: str) -> None:
         print(f"no image viewer found ({opener} is missing); open {path} yourself")
 
 
-def show_test_images(args, reader, checkpoint, device, font
+def show_test_images(args, reader: confidence.Reader, font
                      ) -> tuple[list[Image.Image], list[str]]:
     """The tiles of the chosen test images and the report's lines."""
-    images, labels = datasets.load(args.data_dir, "test", checkpoint["dataset"])
+    images, labels = datasets.load(args.data_dir, "test", reader.checkpoint["dataset"])
     # Only --errors has to predict every test image; the other modes predict just theirs.
     indices = torch.arange(len(labels)) if args.errors else pick_indices(args, len(labels))
     images, labels = images[indices], labels[indices]
-    batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
-                               mean=checkpoint["mean"], std=checkpoint["std"])
+    batches = reader.batches(images, labels)
     probabilities = torch.cat([reader.probabilities(x) for x, _ in batches])
-    confidence, predicted = probabilities.max(1)
+    sure, predicted = probabilities.max(1)
     rows = torch.arange(len(indices))
     lines = []
     if args.errors:
         wrong = (predicted != labels).nonzero().flatten()
-        rows = wrong[confidence[wrong].argsort(descending=True)][:args.count]
+        rows = wrong[sure[wrong].argsort(descending=True)][:args.count]
         lines.append(f"{len(wrong)} of {len(labels)} test images are misclassified; "
                      f"the {len(rows)} most confident mistakes:")
-    classes = checkpoint["classes"]
+    classes = reader.checkpoint["classes"]
     longest = max(map(len, classes))
     guessed, actual = max(9, longest), max(6, longest)    # the columns' widths
     lines.append(f"{'index':>5} {'predicted':>{guessed}} {'actual':>{actual}} "
                  f"{'confidence':>10}  result")
     tiles, right = [], 0
     for row in rows.tolist():
-        p, guess, truth = float(confidence[row]), int(predicted[row]), int(labels[row])
+        p, guess, truth = float(sure[row]), int(predicted[row]), int(labels[row])
         index = int(indices[row])
         right += guess == truth
         lines.append(f"{index:>5} {classes[guess]:>{guessed}} {classes[truth]:>{actual}} "
@@ -168,12 +166,12 @@ def show_test_images(args, reader, checkpoint, device, font
     return tiles, lines
 
 
-def show_own_images(args, reader, checkpoint, device, font
+def show_own_images(args, reader: confidence.Reader, font
                     ) -> tuple[list[Image.Image], list[str]]:
     """The tiles of the readable pictures and the report's lines; the others are named on
     stderr."""
     files, problems = handwriting.image_files(args.image)
-    classes = checkpoint["classes"]
+    classes = reader.checkpoint["classes"]
     tiles, lines = [], []
     for path in files:
         try:
@@ -182,8 +180,7 @@ def show_own_images(args, reader, checkpoint, device, font
         except handwriting.ImageProblem as e:
             problems.append(f"{path}: {e}")
             continue
-        x = ((prepared - checkpoint["mean"]) / checkpoint["std"])[None, None].to(device)
-        reading = reader.read(x)[0]
+        reading = reader.read(reader.normalized(prepared))[0]
         lines.append(f"{path}: {describe(reading, classes)}")
         thumbnail = original.convert("RGBA")
         thumbnail.thumbnail((DIGIT_PX, DIGIT_PX))
@@ -198,7 +195,7 @@ def show_own_images(args, reader, checkpoint, device, font
     for problem in problems:
         print(f"skipped {problem}", file=sys.stderr)
     if not tiles:
-        raise SystemExit("error: none of the pictures could be read (see above)")
+        raise cli.Problem("none of the pictures could be read (see above)")
     return tiles, lines
 
 
@@ -215,25 +212,17 @@ def describe(reading: confidence.Reading, classes: list[str]) -> str:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = engine.pick_device(args.device)
-    checkpoint = load_checkpoint(args.checkpoint)
-    reader = confidence.Reader(model_from_checkpoint(checkpoint, device, args.checkpoint),
-                               checkpoint)
-    if args.image:
-        require_digits(checkpoint, args.checkpoint, "--image")
-    if not reader.calibrated:
-        print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
+    reader = confidence.open_reader(args.checkpoint, engine.pick_device(args.device),
+                                    digits_for="--image" if args.image else None)
     font = ImageFont.load_default(size=CAPTION_SIZE)
     show = show_own_images if args.image else show_test_images
-    tiles, lines = show(args, reader, checkpoint, device, font)
+    tiles, lines = show(args, reader, font)
     if not tiles:
         print("nothing to draw: every test image is classified correctly")
         return
-    try:   # the picture first: a reader that stops early (| head) must not cost it
+    # The picture first: a reader that stops early (| head) must not cost it.
+    with cli.writing(args.out, "--out"):
         save_picture(grid(tiles, columns=5 if args.image else COLUMNS), args.out)
-    except OSError as e:
-        raise SystemExit(f"error: cannot write {args.out} ({e.strerror or e}): "
-                         f"pass another --out PATH") from None
     print("\n".join(lines))
     print(f"picture written to {args.out}")
     if args.show:

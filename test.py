@@ -10,7 +10,6 @@ if __name__ == "__main__":    # importing torch takes seconds: a stop during it 
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -19,9 +18,6 @@ import confidence
 import datasets
 import engine
 import plots
-from checkpoint import load_checkpoint, model_from_checkpoint
-
-
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,20 +42,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def report(args: argparse.Namespace) -> dict:
-    device = engine.pick_device(args.device)
-    checkpoint = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(checkpoint, device, args.checkpoint)
-    dataset = checkpoint["dataset"]
-    images, labels = datasets.load(args.data_dir, "test", dataset)
-    # Evaluate with the normalization the checkpoint was trained with (none for the tutorial's).
-    batches = datasets.Batches(images, labels, engine.EVAL_BATCH_SIZE, device,
-                               mean=checkpoint["mean"], std=checkpoint["std"])
-    result = engine.evaluate(model, batches)
+    reader = confidence.open_reader(args.checkpoint, engine.pick_device(args.device))
+    checkpoint, dataset = reader.checkpoint, reader.checkpoint["dataset"]
+    # Normalized as the checkpoint's training images were (not at all for the tutorial's).
+    batches = reader.test_batches(args.data_dir)
+    labels = batches.labels.cpu()
+    result = engine.evaluate(reader.model, batches)
     confusion = result.confusion.tolist()
-    reader = confidence.Reader(model, checkpoint)
-    if not reader.calibrated:
-        print(confidence.uncalibrated_note(args.checkpoint), file=sys.stderr)
-    logits, maps = confidence.logits_and_maps(model, torch.cat([x for x, _ in batches]))
+    logits, maps = confidence.logits_and_maps(reader.model, torch.cat([x for x, _ in batches]))
     readings = reader.judge(logits, maps)
     raw, calibrated = logits.softmax(1), torch.stack([r.probabilities for r in readings])
     per_class = [row[i] / max(sum(row), 1) for i, row in enumerate(confusion)]
@@ -125,21 +115,15 @@ def class_word(dataset: str) -> str:
 def main(argv=None) -> None:
     args = parse_args(argv)
     r = report(args)
-    try:
+    with cli.writing(args.confusion, "--confusion"):
         plots.confusion_matrix(r["confusion"], list(r["per_class_accuracy"]),
                                f"{r['checkpoint']}: test accuracy {r['accuracy']:.2%} "
                                f"({r['errors']} errors / {r['total']})", args.confusion,
                                kind=class_word(r["dataset"]))
-    except OSError as e:
-        raise SystemExit(f"error: cannot write {args.confusion} ({e.strerror or e}): "
-                         f"pass another --confusion PATH") from None
-    try:
+    with cli.writing(args.reliability, "--reliability"):
         plots.reliability_diagram(r["reliability_before"], r["reliability"], r["temperature"],
                                   f"{r['checkpoint']}: calibration on the test images",
                                   args.reliability)
-    except OSError as e:
-        raise SystemExit(f"error: cannot write {args.reliability} ({e.strerror or e}): "
-                         f"pass another --reliability PATH") from None
     if args.json:
         print(json.dumps(r, indent=2))
     else:
