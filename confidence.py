@@ -13,7 +13,6 @@ are combined by Fisher's method; a picture less typical than ``REFUSED_DIGITS`` 
 validation digits is refused. docs/trust.md has the choice of the rule and its measurements.
 """
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +22,10 @@ import torch.nn.functional as F
 import datasets
 import engine
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from net import LeNet5
+from net import LeNet5, watching
 
 REFUSED_DIGITS = 0.01     # share of validation digits that the rule refuses, by construction
-TYPICAL_LAYER = 5         # LeNet5.net[5]: S4, the pooled C3 maps (16 x 5 x 5)
+TYPICAL_LAYER = "S4"      # the pooled C3 maps (16 x 5 x 5)
 FIT_BATCH = 2000
 
 
@@ -45,28 +44,16 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float(log_t.detach().exp())
 
 
-@contextmanager
-def watching_s4(model: LeNet5):
-    """Within the block, ``maps[0]`` holds the S4 maps (flattened) of the latest forward pass."""
-    maps = [None]
-    hook = model.net[TYPICAL_LAYER].register_forward_hook(
-        lambda module, inputs, output: maps.__setitem__(0, output.flatten(1).float()))
-    try:
-        yield maps
-    finally:
-        hook.remove()
-
-
 @torch.no_grad()
 def logits_and_maps(model: LeNet5, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits and S4 maps of normalized images ``x``, in batches, on the CPU."""
     was_training = model.training
     model.eval()
     logits, maps = [], []
-    with watching_s4(model) as watched:
+    with watching(model, [TYPICAL_LAYER]) as seen:
         for batch in x.split(FIT_BATCH):
             logits.append(model(batch).float().cpu())
-            maps.append(watched[0].cpu())
+            maps.append(seen[TYPICAL_LAYER].flatten(1).float().cpu())
     model.train(was_training)
     return torch.cat(logits), torch.cat(maps)
 

@@ -13,6 +13,7 @@ if __name__ == "__main__":    # importing torch takes seconds: a stop during it 
     cli.stop_quietly_while_starting()
 
 import argparse
+import base64
 import errno
 import http.server
 import io
@@ -22,10 +23,13 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import torch
+
 import confidence
 import datasets
 import engine
 import handwriting
+import net
 
 DEFAULT_PORT = 8028
 MAX_UPLOAD = 20_000_000       # bytes; a phone's photo is a few MB
@@ -55,6 +59,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# What the page shows of each layer, and how many values of each it receives per reading.
+SHOWN_LAYERS = ("C1", "S2", "C3", "S4", "C5", "F6")
+
+
+def as_bytes(values, scale: float = 1.0) -> str:
+    """Values in [-scale, scale] as signed bytes (scale -> 127), in base64: 8,084 layer
+    values make 10.8 kB of text instead of about 60 kB of JSON numbers."""
+    quantized = (values.flatten() / scale * 127).round().clamp(-127, 127).to(torch.int8)
+    return base64.b64encode(quantized.numpy().tobytes()).decode("ascii")
+
+
 class PageReader:
     """The checkpoint's model behind the page: a picture's bytes in, its reading out."""
 
@@ -66,18 +81,26 @@ class PageReader:
         the model saw (0-255, row by row). Raises ``handwriting.ImageProblem`` for a picture
         that cannot be read."""
         prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(data), "the picture"))
-        reading = self.reader.read(self.reader.normalized(prepared))[0]
+        outputs = net.look_inside(self.reader.model, self.reader.normalized(prepared))
+        reading = self.reader.judge(outputs["output"], outputs["S4"].flatten(1))[0]
         return {"probabilities": [round(p, 6) for p in reading.probabilities.tolist()],
                 "digit": reading.digit, "best": reading.best, "sure": round(reading.sure, 6),
-                "seen": (prepared * 255).round().byte().flatten().tolist()}
+                "seen": (prepared * 255).round().byte().flatten().tolist(),
+                # tanh outputs (and their 2x2 averages): all within [-1, 1]
+                "layers": {name: as_bytes(outputs[name]) for name in SHOWN_LAYERS}}
 
 
-def describe(checkpoint: dict, path: str, test_accuracy: float | None) -> dict:
-    """What the page says about the model that answers."""
+def describe(reader: confidence.Reader, path: str, test_accuracy: float | None) -> dict:
+    """What the page says about the model that answers, and its kernels (each layer's as
+    bytes, with the scale of its largest weight)."""
+    checkpoint = reader.checkpoint
+    kernels = {name: {"shape": list(weights.shape), "scale": float(weights.abs().max()),
+                      "values": as_bytes(weights, float(weights.abs().max()))}
+               for name, weights in net.kernels(reader.model).items()}
     return {"checkpoint": path, "dataset": datasets.DATASETS[checkpoint["dataset"]].title,
             "classes": checkpoint["classes"], "epoch": checkpoint.get("epoch"),
             "val_accuracy": checkpoint.get("val_accuracy"), "test_accuracy": test_accuracy,
-            "calibrated": "calibration" in checkpoint}
+            "calibrated": "calibration" in checkpoint, "kernels": kernels}
 
 
 def accuracy_on_test_set(reader: confidence.Reader, data_dir: str) -> float | None:
@@ -198,7 +221,7 @@ def open_page(args: argparse.Namespace) -> http.server.ThreadingHTTPServer:
                                     digits_for="the page")
     accuracy = accuracy_on_test_set(reader, args.data_dir)
     return make_server(args.host, args.port, PageReader(reader),
-                       describe(reader.checkpoint, args.checkpoint, accuracy))
+                       describe(reader, args.checkpoint, accuracy))
 
 
 def main(argv=None) -> None:

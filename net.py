@@ -1,4 +1,7 @@
 """LeNet-5 as published (LeCun et al., 1998): tanh activations and average pooling."""
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +51,47 @@ class LeNet5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+# Where each of the paper's layers ends in ``LeNet5.net``: the outputs a person looks at (after
+# tanh for C1, C3, C5 and F6).
+LAYERS = {"C1": 1, "S2": 2, "C3": 4, "S4": 5, "C5": 7, "F6": 10, "output": 11}
+# The layers whose kernels slide over maps, by the position of their convolution.
+KERNELS = {"C1": 0, "C3": 3}
+
+
+@contextmanager
+def watching(model: LeNet5, names=tuple(LAYERS)) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the block, ``seen[name]`` holds that layer's output in the latest forward pass.
+    Forward hooks on the model's own submodules: the values it computed, not a copy of its
+    forward pass that could drift from it."""
+    seen = {}
+
+    def keep(name):
+        return lambda module, inputs, output: seen.__setitem__(name, output.detach())
+    hooks = [model.net[LAYERS[name]].register_forward_hook(keep(name)) for name in names]
+    try:
+        yield seen
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+@torch.no_grad()
+def look_inside(model: LeNet5, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every layer's output (``LAYERS``) for the normalized images ``x``, on the CPU, with the
+    model in eval mode."""
+    was_training = model.training
+    model.eval()
+    with watching(model) as seen:
+        model(x)
+    model.train(was_training)
+    return {name: output.float().cpu() for name, output in seen.items()}
+
+
+def kernels(model: LeNet5) -> dict[str, torch.Tensor]:
+    """The learned kernels of C1 (6 x 1 x 5 x 5) and C3 (16 x 6 x 5 x 5), on the CPU."""
+    return {name: model.net[i].weight.detach().float().cpu() for name, i in KERNELS.items()}
 
 
 def count_parameters(model: nn.Module) -> int:

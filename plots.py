@@ -103,3 +103,80 @@ def reliability_diagram(before: list, after: list, temperature: float, title: st
         a.grid(alpha=0.3)
     axes.legend(loc="upper left")
     _save(figure, path)
+
+
+def layer_view(pixels, outputs: dict, kernels: dict, classes: list[str], probabilities,
+               title: str, path: str | Path) -> None:
+    """What each layer of LeNet-5 computes for one image: the input, the maps of C1, S2, C3
+    and S4 and the units of C5 and F6 (tanh outputs, one scale from -1 to 1, blue below zero
+    and red above), the answer's probabilities, and the learned C1 and C3 kernels (one scale
+    per layer, from the largest weight)."""
+    figure = Figure(figsize=(11, 13), layout="constrained")
+    top, maps, strips, kernel_rows = figure.subfigures(4, 1, height_ratios=[2.2, 6.6, 1.5, 3.2])
+    image_axes, bar_axes = top.subplots(1, 2, width_ratios=[1, 2.2])
+    image_axes.imshow(pixels.numpy(), cmap="gray", vmin=0, vmax=1)
+    image_axes.set_title("input, 28x28")
+    image_axes.set_axis_off()
+    best = int(probabilities.argmax())
+    probabilities = probabilities.tolist()
+    bars = bar_axes.barh(range(len(classes)), [100 * p for p in probabilities],
+                         color=["tab:blue" if i == best else "lightgray"
+                                for i in range(len(classes))])
+    bar_axes.bar_label(bars, labels=[f"{100 * p:.1f}%" for p in probabilities], padding=3,
+                       fontsize=8)
+    bar_axes.set(yticks=range(len(classes)), yticklabels=classes, xlim=(0, 115),
+                 xlabel="probability (%)", title="output: 10 units, as probabilities")
+    bar_axes.invert_yaxis()
+
+    layers = [("C1", "6 maps 28x28: 5x5 kernels on the input"),
+              ("S2", "6 maps 14x14: C1 averaged over 2x2"),
+              ("C3", "16 maps 10x10: 5x5 kernels on all of S2"),
+              ("S4", "16 maps 5x5: C3 averaged over 2x2")]
+    rows = maps.subfigures(len(layers), 1, height_ratios=[1.5, 1.3, 1.4, 1.4])
+    for row, (name, what) in zip(rows, layers):
+        layer = outputs[name]
+        columns = min(len(layer), 8)
+        grid = row.subplots(-(-len(layer) // columns), columns, squeeze=False)
+        for i, axes in enumerate(grid.flat):
+            axes.set_axis_off()
+            if i < len(layer):
+                shown = axes.imshow(layer[i].numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+                axes.set_title(str(i), fontsize=7, pad=2)
+        row.suptitle(f"{name}: {what}", fontsize=9, x=0.01, ha="left")
+    row.colorbar(shown, ax=grid, shrink=0.8, label="tanh output")
+
+    for axes, name, what in zip(strips.subplots(2, 1), ("C5", "F6"),
+                                ("120 units: 5x5 kernels on all of S4",
+                                 "84 units, fully connected to C5")):
+        axes.imshow(outputs[name].reshape(1, -1).numpy(), cmap="RdBu_r", vmin=-1, vmax=1,
+                    aspect="auto")
+        axes.set(yticks=[], title=f"{name}: {what}")
+        axes.title.set_fontsize(9)
+
+    c1, c3 = kernel_rows.subfigures(1, 2, width_ratios=[1, 2.4])
+    for part, name, layer in ((c1, "C1", kernels["C1"][:, 0]), (c3, "C3", kernels["C3"])):
+        scale = float(layer.abs().max())
+        if layer.dim() == 3:      # C1: one kernel per map
+            grid = part.subplots(2, 3)
+            for i, axes in enumerate(grid.flat):
+                shown = axes.imshow(layer[i].numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale)
+                axes.set_title(f"map {i}", fontsize=7, pad=2)
+                axes.set_axis_off()
+            part.suptitle("C1 kernels (5x5)", fontsize=9)
+        else:                     # C3: a row of 6 kernels (one per S2 map) for each map
+            tiles = layer.new_full((16 * 6, 6 * 6), float("nan"))
+            for m in range(16):
+                for k in range(6):
+                    tiles[m * 6:m * 6 + 5, k * 6:k * 6 + 5] = layer[m, k]
+            axes = part.subplots()
+            shown = axes.imshow(tiles.T.numpy(), cmap="RdBu_r", vmin=-scale, vmax=scale)
+            axes.set(xticks=[m * 6 + 2 for m in range(16)], xticklabels=range(16),
+                     yticks=[k * 6 + 2 for k in range(6)], yticklabels=range(6),
+                     xlabel="C3 map", ylabel="S2 map")
+            axes.tick_params(length=0, labelsize=7)
+            for side in axes.spines.values():
+                side.set_visible(False)
+            part.suptitle("C3 kernels (5x5; a column of 6 for each map)", fontsize=9)
+        part.colorbar(shown, ax=part.axes, shrink=0.7, label="weight")
+    figure.suptitle(title)
+    _save(figure, path)

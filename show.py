@@ -5,6 +5,7 @@ it was trained on, or on your own pictures of digits).
     python show.py --random --count 20    # 20 random ones
     python show.py --errors               # the test images it gets wrong, most confident first
     python show.py --image my_digit.jpg   # your own handwriting (files or folders)
+    python show.py --layers --index 7     # inside the network: every layer, for one image
 """
 import cli
 
@@ -24,6 +25,8 @@ import confidence
 import datasets
 import engine
 import handwriting
+import net
+import plots
 from atomic import write_atomic
 
 ZOOM = 4                   # each 28x28 digit is drawn 112x112
@@ -49,6 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                        help="show misclassified test images, most confident mistakes first")
     which.add_argument("--image", nargs="+", metavar="PATH",
                        help="predict your own pictures of digits (files or folders)")
+    parser.add_argument("--layers", action="store_true",
+                        help="draw what every layer computes for one image (--index N of "
+                             "the test set, or one --image FILE) and the learned kernels")
+    parser.add_argument("--index", type=cli.ranged(int, 0), default=None,
+                        help="the test image for --layers (default: 0)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for --random, to get the same images again")
     parser.add_argument("--out", help="picture to write (default: save_model/predictions.png; "
@@ -59,8 +67,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where to run (default: %(default)s)")
     parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.layers and (args.random or args.errors):
+        parser.error("--layers draws one image: pick it with --index N or --image FILE")
+    if args.layers and args.image and len(args.image) > 1:
+        parser.error("--layers draws one image: pass one --image FILE")
+    if args.index is not None and not args.layers:
+        parser.error("--index picks the image for --layers; for predictions use --start")
     if args.out is None:    # each mode its own file, so one does not overwrite another's picture
-        name = "errors.png" if args.errors else "own.png" if args.image else "predictions.png"
+        name = ("layers.png" if args.layers else "errors.png" if args.errors else
+                "own.png" if args.image else "predictions.png")
         args.out = f"save_model/{name}"
     if Path(args.out).suffix.lower() not in Image.registered_extensions():
         parser.error(f"--out {args.out}: give the picture a file type, for example .png")
@@ -199,6 +214,35 @@ def show_own_images(args, reader: confidence.Reader, font
     return tiles, lines
 
 
+def show_layers(args, reader: confidence.Reader) -> str:
+    """Draw every layer's output for the chosen image into ``args.out``; returns the line
+    that says which image and how it was read."""
+    classes = reader.checkpoint["classes"]
+    if args.image:
+        path = Path(args.image[0])
+        try:
+            pixels = handwriting.prepare(handwriting.open_image(path))
+        except handwriting.ImageProblem as e:
+            raise cli.Problem(f"{path}: {e}") from None
+        name = path.name
+    else:
+        images, labels = datasets.load(args.data_dir, "test", reader.checkpoint["dataset"])
+        index = args.index or 0
+        if index >= len(labels):
+            raise cli.Problem(f"--index must be below {len(labels)}, got {index}")
+        pixels = images[index].float() / 255
+        name = f"test image #{index} (labelled {classes[int(labels[index])]})"
+    x = reader.normalized(pixels)
+    outputs = {layer: output[0] for layer, output in net.look_inside(reader.model, x).items()}
+    reading = reader.judge(outputs["output"][None], outputs["S4"].flatten()[None])[0]
+    line = f"{name}: {describe(reading, classes)}"
+    with cli.writing(args.out, "--out"):
+        plots.layer_view(pixels, {**outputs, "C5": outputs["C5"].flatten()},
+                         net.kernels(reader.model), classes, reading.probabilities,
+                         f"{args.checkpoint}, {line}", args.out)
+    return line
+
+
 def describe(reading: confidence.Reading, classes: list[str]) -> str:
     """One picture's reading in words: the digit and how sure, or that there is none."""
     top = reading.probabilities.topk(3)
@@ -214,6 +258,12 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     reader = confidence.open_reader(args.checkpoint, engine.pick_device(args.device),
                                     digits_for="--image" if args.image else None)
+    if args.layers:
+        print(show_layers(args, reader))
+        print(f"picture written to {args.out}")
+        if args.show:
+            open_in_viewer(args.out)
+        return
     font = ImageFont.load_default(size=CAPTION_SIZE)
     show = show_own_images if args.image else show_test_images
     tiles, lines = show(args, reader, font)

@@ -1,6 +1,7 @@
 // The drawing page: strokes on a canvas (Pointer Events: mouse, touch and pen alike) are sent
 // as PNG bytes to draw.py, which prepares them as show.py --image does and answers with the ten
-// probabilities and the 28x28 image the model saw. Photos are sent as they are.
+// probabilities, the 28x28 image the model saw and every layer's output. Photos are sent as
+// they are.
 "use strict";
 
 const pad = document.getElementById("pad");
@@ -65,6 +66,7 @@ function showReading(reading) {
     pixels.data.set([v, v, v, 255], 4 * i);
   });
   seen.putImageData(pixels, 0, 0);
+  showLayers(reading.layers);
 }
 
 function clearReading() {
@@ -74,6 +76,125 @@ function clearReading() {
   error.hidden = true;
   makeBars();
   seen.clearRect(0, 0, 28, 28);
+  showLayers(null);
+}
+
+// Inside the network: each layer's outputs as small images (maps) or one strip of units, in
+// the order and shapes of LeNet-5 (net.py). The server sends them as signed bytes, 127 = 1.
+const LAYERS = [
+  {name: "C1", maps: 6, side: 28, what: "6 maps 28×28: a 5×5 kernel slides over the input"},
+  {name: "S2", maps: 6, side: 14, what: "6 maps 14×14: C1 averaged over 2×2"},
+  {name: "C3", maps: 16, side: 10, what: "16 maps 10×10: 5×5 kernels slide over all of S2"},
+  {name: "S4", maps: 16, side: 5, what: "16 maps 5×5: C3 averaged over 2×2"},
+  {name: "C5", units: 120, what: "120 units: each sees all of S4 through 16 5×5 kernels"},
+  {name: "F6", units: 84, what: "84 units, each connected to all of C5"},
+];
+const layerBox = document.getElementById("layers");
+const detailName = document.getElementById("detail-name");
+const detailKernels = document.getElementById("detail-kernels");
+let kernels = {};        // per layer: its shape and weights in [-1, 1] of its largest
+let outputs = null;      // the latest reading's layer outputs, or null
+
+function signedBytes(text) {
+  return Int8Array.from(atob(text), (c) => c.charCodeAt(0));
+}
+
+// A diverging colour map: blue for -1, near-white for 0, red for +1.
+function colour(v) {
+  const t = Math.min(1, Math.abs(v) / 127);
+  const end = v < 0 ? [33, 102, 172] : [178, 24, 43];
+  return [0, 1, 2].map((k) => Math.round(247 + (end[k] - 247) * t));
+}
+
+function paint(canvas, values) {
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(canvas.width, canvas.height);
+  values.forEach((v, i) => image.data.set([...colour(v), 255], 4 * i));
+  context.putImageData(image, 0, 0);
+}
+
+function makeLayers() {
+  layerBox.replaceChildren(...LAYERS.map((layer) => {
+    const row = document.createElement("div");
+    row.className = `layer ${layer.units ? "strip" : `side-${layer.side}`}`;
+    row.innerHTML = '<h3></h3><div class="maps"></div>';
+    row.querySelector("h3").textContent = `${layer.name}: ${layer.what}`;
+    const count = layer.units ? 1 : layer.maps;
+    for (let i = 0; i < count; i++) {
+      const canvas = document.createElement("canvas");
+      canvas.width = layer.units || layer.side;
+      canvas.height = layer.units ? 1 : layer.side;
+      canvas.dataset.layer = layer.name;
+      canvas.dataset.index = i;
+      canvas.setAttribute("role", "img");
+      canvas.setAttribute("aria-label", layer.units ? `${layer.name}, ${layer.units} units`
+                                                    : `${layer.name} map ${i}`);
+      row.querySelector(".maps").append(canvas);
+    }
+    return row;
+  }));
+}
+
+function showLayers(layers) {
+  outputs = layers && Object.fromEntries(LAYERS.map((l) => [l.name, signedBytes(layers[l.name])]));
+  for (const canvas of layerBox.querySelectorAll("canvas")) {
+    const size = canvas.width * canvas.height;
+    const start = Number(canvas.dataset.index) * size;
+    if (outputs) paint(canvas, outputs[canvas.dataset.layer].subarray(start, start + size));
+    else canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+  }
+}
+
+function kernelCanvas(values) {
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = 5;
+  paint(canvas, values);
+  return canvas;
+}
+
+// What a map is and the kernels that make it; a strip names the unit under the pointer.
+function explain(canvas, event) {
+  const layer = canvas.dataset.layer;
+  const i = Number(canvas.dataset.index);
+  layerBox.querySelectorAll(".selected").forEach((c) => c.classList.remove("selected"));
+  canvas.classList.add("selected");
+  const spec = LAYERS.find((l) => l.name === layer);
+  if (spec.units) {
+    const box = canvas.getBoundingClientRect();
+    const unit = Math.min(spec.units - 1,
+                          Math.floor((event.clientX - box.left) / box.width * spec.units));
+    const value = outputs ? (outputs[layer][unit] / 127).toFixed(2) : "–";
+    detailName.textContent = `${layer} unit ${unit}: output ${value}`;
+    detailKernels.replaceChildren();
+    return;
+  }
+  const own = kernels[layer];
+  if (!own) {       // S2, S4: averages, with nothing learned
+    detailName.textContent = `${layer} map ${i}: the averages of 2×2 squares of ` +
+                             `${layer === "S2" ? "C1" : "C3"} map ${i}; no kernel of its own`;
+    detailKernels.replaceChildren();
+    return;
+  }
+  const [, inputs, h, w] = own.shape;
+  const size = inputs * h * w;
+  detailName.textContent = layer === "C1"
+    ? `C1 map ${i}: its 5×5 kernel slides over the input, then tanh`
+    : `C3 map ${i}: its 6 kernels (one for each S2 map) slide over S2 and are summed, ` +
+      `then tanh; kernels shown left to right for S2 maps 0–5`;
+  detailName.textContent += ` (weights from −${own.scale.toFixed(2)} in blue to ` +
+                            `+${own.scale.toFixed(2)} in red, the largest of ${layer})`;
+  const parts = [];
+  for (let k = 0; k < inputs; k++) {
+    const start = i * size + k * h * w;
+    parts.push(kernelCanvas(own.values.subarray(start, start + h * w)));
+  }
+  detailKernels.replaceChildren(...parts);
+}
+
+for (const kind of ["pointermove", "click"]) {
+  layerBox.addEventListener(kind, (event) => {
+    if (event.target.dataset && event.target.dataset.layer) explain(event.target, event);
+  });
 }
 
 // Screen readers hear the final answer once, when the pen is up and nothing is pending, not
@@ -206,6 +327,8 @@ function percent(x) {
 
 fetch("/api/model").then((response) => response.json()).then((model) => {
   classes = model.classes;
+  kernels = Object.fromEntries(Object.entries(model.kernels).map(
+    ([name, k]) => [name, {shape: k.shape, scale: k.scale, values: signedBytes(k.values)}]));
   makeBars();
   document.getElementById("model").textContent =
     `Model: ${model.checkpoint} (${model.dataset}, epoch ${model.epoch ?? "?"}, ` +
@@ -218,3 +341,4 @@ fetch("/api/model").then((response) => response.json()).then((model) => {
 
 blankPad();
 makeBars();
+makeLayers();

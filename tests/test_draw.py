@@ -1,5 +1,6 @@
 """draw.py: the page's server answers every request, good or bad, and keeps answering; the page
 itself is driven in a real browser (headless Chromium) with real pointer strokes."""
+import base64
 import contextlib
 import http.client
 import io
@@ -18,9 +19,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+import confidence
 import datasets
 import draw
 import handwriting
+import net
 from checkpoint import load_checkpoint
 from conftest import ROOT, assert_one_line_error, next_line, run_main
 
@@ -100,6 +103,35 @@ def test_a_drawing_is_read_with_the_same_preparation_as_show(server):
     assert int(probabilities.argmax()) == int(TEST_LABELS[0])
     prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(png(picture))))
     assert reading["seen"] == (prepared * 255).round().byte().flatten().tolist()
+
+
+def signed_bytes(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.int8).float()
+
+
+def test_a_reading_carries_every_layer_as_bytes_and_the_model_its_kernels(server, reader):
+    """What the page draws inside the network is what the model computed for the picture
+    (to the byte's rounding), and small: 8,084 values as 10.8 kB of text."""
+    data = png(drawing(0))
+    status, reading = request(server, "POST", "/api/read", data)
+    assert status == 200
+    model = confidence.open_reader(reader, torch.device("cpu"))
+    prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(data)))
+    outputs = net.look_inside(model.model, model.normalized(prepared))
+    assert set(reading["layers"]) == set(draw.SHOWN_LAYERS)
+    for name in draw.SHOWN_LAYERS:
+        sent = signed_bytes(reading["layers"][name]) / 127
+        assert sent.shape == (outputs[name].numel(),), name
+        assert (sent - outputs[name].flatten()).abs().max() <= 0.5 / 127 + 1e-6, name
+    assert sum(len(text) for text in reading["layers"].values()) < 11_000
+
+    status, info = request(server, "GET", "/api/model")
+    for name, weights in net.kernels(model.model).items():
+        kernel = info["kernels"][name]
+        assert kernel["shape"] == list(weights.shape)
+        assert kernel["scale"] == pytest.approx(float(weights.abs().max()))
+        sent = signed_bytes(kernel["values"]) / 127 * kernel["scale"]
+        assert (sent - weights.flatten()).abs().max() <= kernel["scale"] / 254 + 1e-6
 
 
 def truncated_png() -> bytes:
@@ -511,3 +543,43 @@ def test_a_photo_shows_that_it_is_being_read_and_no_request_fails(page, tmp_path
     assert not failed, failed
     status, _ = request(server, "GET", "/favicon.svg")
     assert status == 200
+
+
+def layer_pixels(tab) -> dict:
+    """Each map's pixels on the page, by layer and map."""
+    return tab.evaluate("""Object.fromEntries([...document.querySelectorAll('#layers canvas')]
+        .map((c) => [`${c.dataset.layer} ${c.dataset.index}`,
+                     Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]))""")
+
+
+@pytest.mark.processes
+def test_the_layers_appear_change_with_the_drawing_and_name_their_kernels(page):
+    """Inside the network: every map and strip is drawn once a reading comes, changes as the
+    digit grows, and a map under the pointer is named with its kernels."""
+    blank = layer_pixels(page)
+    assert len(blank) == 6 + 6 + 16 + 16 + 1 + 1
+    assert all(not any(pixels) for pixels in blank.values())        # nothing read yet
+    stroke_with_mouse(page, STROKES["4"][0][:3])                   # the 4's first strokes
+    answer(page)
+    first = layer_pixels(page)
+    assert all(any(pixels) for pixels in first.values()), "every map and strip is drawn"
+    stroke_with_mouse(page, [(70, 170), (215, 170)])               # its bar
+    answer(page)
+    second = layer_pixels(page)
+    changed = [name for name in first if first[name] != second[name]]
+    assert len(changed) >= 40, changed
+
+    page.hover('#layers canvas[data-layer="C3"][data-index="5"]')
+    assert page.inner_text("#detail-name").startswith("C3 map 5: its 6 kernels")
+    assert page.locator("#detail-kernels canvas").count() == 6
+    page.hover('#layers canvas[data-layer="C1"][data-index="2"]')
+    assert page.inner_text("#detail-name").startswith("C1 map 2: its 5×5 kernel")
+    assert page.locator("#detail-kernels canvas").count() == 1
+    page.hover('#layers canvas[data-layer="S4"][data-index="0"]')
+    assert "no kernel of its own" in page.inner_text("#detail-name")
+    assert page.locator("#detail-kernels canvas").count() == 0
+    page.click('#layers canvas[data-layer="F6"]', position={"x": 1, "y": 5})
+    assert re.match(r"F6 unit 0: output -?\d\.\d\d$", page.inner_text("#detail-name"))
+
+    page.click("#clear")
+    assert all(not any(pixels) for pixels in layer_pixels(page).values())

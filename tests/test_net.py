@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import ROOT
+import net
 from net import LeNet5, WholeMapConv2d, count_parameters
 
 TUTORIAL_KEYS = {f"net.{i}.{kind}" for i in (0, 3, 6, 9, 11) for kind in ("weight", "bias")}
@@ -75,3 +76,27 @@ def test_running_net_py_prints_shapes_and_parameter_count():
     assert "(1, 6, 28, 28)" in result.stdout and "(1, 120, 1, 1)" in result.stdout
     assert "(1, 10)" in result.stdout
     assert "parameters: 61,706" in result.stdout
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_look_inside_shows_what_the_model_computes(layout):
+    """Every layer's output comes from the model itself: the last is its logits, each pooled
+    map is the 2x2 average of the one before, C5 is tanh of C5's weights on S4; nothing stays
+    hooked afterwards."""
+    torch.manual_seed(0)
+    model = LeNet5().to(memory_format=layout).train()
+    x = torch.randn(3, 1, 28, 28).to(memory_format=layout)
+    seen = net.look_inside(model, x)
+    assert model.training, "the model is put back as it was"
+    assert {name: tuple(v.shape) for name, v in seen.items()} == {
+        "C1": (3, 6, 28, 28), "S2": (3, 6, 14, 14), "C3": (3, 16, 10, 10), "S4": (3, 16, 5, 5),
+        "C5": (3, 120, 1, 1), "F6": (3, 84), "output": (3, 10)}
+    assert torch.equal(seen["output"], model.eval()(x))
+    assert torch.allclose(seen["S2"], F.avg_pool2d(seen["C1"], 2))
+    assert torch.allclose(seen["S4"], F.avg_pool2d(seen["C3"], 2))
+    c5 = model.net[6]
+    assert torch.allclose(seen["C5"], torch.tanh(F.conv2d(seen["S4"], c5.weight, c5.bias)),
+                          atol=1e-6)
+    assert all(not layer._forward_hooks for layer in model.net)
+    kernels = net.kernels(model)
+    assert torch.equal(kernels["C1"], model.net[0].weight) and kernels["C3"].shape == (16, 6, 5, 5)

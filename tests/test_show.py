@@ -1,6 +1,7 @@
 import re
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import datasets
@@ -204,3 +205,50 @@ def test_own_pictures_say_not_a_digit_and_how_sure(reader, tmp_path):
         line = next(l for l in lines if f"b{i}.png" in l)
         assert re.search(rf"b{i}\.png: not a digit \(as a digit: \d \d+\.\d%, then ", line), line
     assert (tmp_path / "own.png").exists()
+
+
+def test_layers_of_a_test_image_and_of_an_own_picture(reader, tmp_path):
+    """show.py --layers draws one image's layers and the kernels; it reads the picture as
+    --image does, and another image makes another picture."""
+    data = ["--data-dir", ROOT / "data"]
+    result = run_main(show, "--checkpoint", reader, "--layers", "--index", "3", *data,
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.match(r"test image #3 \(labelled 0\): 0  \(\d+\.\d% sure; then ", result.stdout)
+    assert "picture written to save_model/layers.png" in result.stdout
+    with Image.open(tmp_path / "save_model" / "layers.png") as picture:
+        assert picture.format == "PNG" and picture.width > 1000 and picture.height > 1200
+        first = np.asarray(picture.convert("RGB"))
+        red_and_blue = ((first[..., 0] > 150) & (first[..., 2] < 100)).mean(), \
+            ((first[..., 2] > 150) & (first[..., 0] < 100)).mean()
+        assert min(red_and_blue) > 0.01, red_and_blue      # the diverging colour map is used
+    run_main(show, "--checkpoint", reader, "--layers", "--index", "4", *data, cwd=tmp_path)
+    with Image.open(tmp_path / "save_model" / "layers.png") as picture:
+        assert not np.array_equal(np.asarray(picture.convert("RGB")), first)
+
+    digit = Image.fromarray(255 - datasets.load(ROOT / "data", "test")[0][0].numpy())
+    digit.resize((200, 200)).save(tmp_path / "seven.png")
+    own = run_main(show, "--checkpoint", reader, "--layers", "--image", tmp_path / "seven.png",
+                   "--out", tmp_path / "inside.png")
+    assert own.returncode == 0, own.stderr
+    listed = run_main(show, "--checkpoint", reader, "--image", tmp_path / "seven.png",
+                      "--out", tmp_path / "own.png")
+    assert own.stdout.splitlines()[0] == listed.stdout.splitlines()[0].replace(
+        str(tmp_path / "seven.png"), "seven.png")
+    assert own.stdout.startswith("seven.png: 7  (")
+    assert (tmp_path / "inside.png").stat().st_size > 50_000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--layers", "--errors"], "--layers draws one image"),
+    (["--layers", "--image", "a.png", "b.png"], "pass one --image FILE"),
+    (["--index", "3"], "--index picks the image for --layers"),
+    (["--layers", "--index", "10000"], "--index must be below 10000, got 10000"),
+    (["--layers", "--index", "-1"], "must be >= 0"),
+    (["--layers", "--image", "missing.png"], "missing.png"),
+])
+def test_layers_bad_requests_are_one_line(reader, tmp_path, args, message):
+    result = run_main(show, "--checkpoint", reader, *args, "--data-dir", ROOT / "data",
+                      cwd=tmp_path)
+    assert_one_line_error(result, message, code=1 if "below" in message or "missing" in
+                          message else 2)
