@@ -105,6 +105,35 @@ def reliability_diagram(before: list, after: list, temperature: float, title: st
     _save(figure, path)
 
 
+def study_curves(histories: dict[int, list[dict]], title: str, path: str | Path) -> None:
+    """Every seed's validation accuracy per epoch (its kept epoch marked), and the training
+    loss: where the runs agree and how far apart they end."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    accuracy_axes, loss_axes = figure.subplots(1, 2)
+    for seed, history in histories.items():
+        epochs = [row["epoch"] for row in history]
+        loss_axes.plot(epochs, [row["train_loss"] for row in history], linewidth=1)
+        if history[0]["val_accuracy"] is None:
+            continue
+        accuracy = [100 * row["val_accuracy"] for row in history]
+        line, = accuracy_axes.plot(epochs, accuracy, linewidth=1, label=f"seed {seed}")
+        best = max(range(len(history)), key=lambda i: (accuracy[i], -i))
+        accuracy_axes.plot(epochs[best], accuracy[best], "o", ms=4, color=line.get_color())
+    late = [100 * row["val_accuracy"] for history in histories.values()
+            for row in history[len(history) // 3:] if row["val_accuracy"] is not None]
+    if late:
+        accuracy_axes.set_ylim(min(late) - 0.1, max(late) + 0.05)
+        accuracy_axes.legend(fontsize=7, ncol=2)
+    accuracy_axes.set(title="Validation accuracy (dot: the kept epoch)", xlabel="epoch",
+                      ylabel="accuracy (%)")
+    loss_axes.set(title="Training loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
+    for axes in (accuracy_axes, loss_axes):
+        axes.grid(alpha=0.3)
+        axes.xaxis.get_major_locator().set_params(integer=True)
+    figure.suptitle(title)
+    _save(figure, path)
+
+
 def layer_view(pixels, outputs: dict, kernels: dict, classes: list[str], probabilities,
                title: str, path: str | Path) -> None:
     """What each layer of LeNet-5 computes for one image: the input, the maps of C1, S2, C3
