@@ -86,17 +86,27 @@ def test_a_stopped_study_resumes_without_training_finished_seeds_again(tmp_path)
 
 
 @pytest.mark.processes
-def test_against_a_saved_study_prints_the_difference_and_its_error(two_seeds, tmp_path):
+def test_against_another_recipe_or_a_saved_study_prints_the_difference(two_seeds, tmp_path):
+    """--against 'flags' runs that recipe over the same seeds in SAVE_DIR/against; --against
+    DIR reads a finished study. Either way: the difference of the test means, with its
+    standard error."""
     folder, _ = two_seeds
-    other = tmp_path / "faster"
-    result = run_main(study, "--seeds", "2", *TINY, "--lr", "1e-2", "--save-dir", other,
-                      "--against", folder)
+    ours = tmp_path / "ours"
+    result = run_main(study, "--seeds", "2", *TINY, "--save-dir", ours,
+                      "--against", " ".join([*TINY, "--lr", "1e-2"]))
     assert result.returncode == 0, result.stderr
-    ours, theirs = ([float(r["test_accuracy"]) for r in table_rows(f)] for f in (other, folder))
-    line = re.search(r"test acc: ([+-]\d+\.\d+) points, standard error (\d+\.\d+) \((.+)\)",
-                     result.stdout)
-    assert line, result.stdout
-    assert abs(float(line[1]) - 100 * (sum(ours) - sum(theirs)) / 2) < 1e-3
+    assert json.loads((ours / "against" / study.RECIPE).read_text())["flags"][-2:] == \
+        ["--lr", "1e-2"]
+    again = run_main(study, "--resume", "--save-dir", ours, "--against", folder)
+    assert again.returncode == 0, again.stderr
+    assert "training" not in again.stdout            # both studies had finished
+    for other, printed in ((ours / "against", result.stdout), (folder, again.stdout)):
+        mine, theirs = ([float(r["test_accuracy"]) for r in table_rows(f)]
+                        for f in (ours, other))
+        line = re.search(r"test acc: ([+-]\d+\.\d+) points, standard error (\d+\.\d+) "
+                         r"\((.+)\)", printed)
+        assert line, printed
+        assert abs(float(line[1]) - 100 * (sum(mine) - sum(theirs)) / 2) < 1e-3
 
 
 @pytest.mark.parametrize("args, message, code", [
