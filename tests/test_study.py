@@ -121,6 +121,7 @@ def test_mistakes_are_one_line(tmp_path, args, message, code):
     assert_one_line_error(result, message, code=code)
 
 
+@pytest.mark.processes
 def test_a_folder_that_holds_a_study_is_not_overwritten(two_seeds):
     folder, _ = two_seeds
     result = run_main(study, "--seeds", "2", *TINY, "--save-dir", folder)
