@@ -266,19 +266,18 @@ def difference(study: Study, other: Study) -> str:
     return "\n".join(lines)
 
 
-def start(args: argparse.Namespace, flags: list[str]) -> Study:
-    """The study the flags ask for, or the stopped one with --resume."""
-    folder = Path(args.save_dir)
-    if args.resume:
+def start(folder: Path, flags: list[str], seeds: list[int] | None, resume: bool) -> Study:
+    """The study the flags ask for in ``folder``, or the stopped one there with ``resume``."""
+    if resume:
         study = Study.saved(folder)
-        if flags or (args.seeds and args.seeds != study.seeds):
+        if flags or (seeds and seeds != study.seeds):
             raise cli.UsageError(f"--resume continues {folder} with its own recipe and seeds: "
                                  f"drop the other flags")
         return study
     if (folder / RECIPE).exists():
         raise cli.UsageError(f"{folder} already holds a study: continue it with --resume, or "
                              f"pass another --save-dir")
-    study = Study(folder, flags, args.seeds or list(range(8)))
+    study = Study(folder, flags, seeds or list(range(8)))
     try:
         folder.mkdir(parents=True, exist_ok=True)
         write_atomic(folder / RECIPE, lambda f: f.write(json.dumps(
@@ -298,18 +297,21 @@ def against(args: argparse.Namespace, study: Study, jobs: int) -> Study:
             raise cli.Problem(f"the study in {args.against} has not finished (seeds "
                               f"{', '.join(map(str, missing))}): continue it with --resume")
         return other
-    folder = study.folder / "against"
-    other = (Study.saved(folder) if (folder / RECIPE).exists() else
-             start(argparse.Namespace(save_dir=folder, resume=False, seeds=study.seeds),
-                   shlex.split(args.against)))
-    run_seeds(other, jobs)
+    folder, flags = study.folder / "against", shlex.split(args.against)
+    other = start(folder, flags, study.seeds, resume=False) if not (folder / RECIPE).exists() \
+        else Study.saved(folder)
+    if other.flags != flags:
+        raise cli.UsageError(f"{folder} holds the study of --against "
+                             f"{shlex.join(other.flags)!r}: compare with that, or start "
+                             f"another --save-dir")
+    run_seeds(other, jobs)      # a stopped one continues
     return other
 
 
 def main(argv=None) -> None:
     args, flags = parse_args(argv)
     try:
-        study = start(args, flags)
+        study = start(Path(args.save_dir), flags, args.seeds, args.resume)
     except cli.UsageError as e:
         make_parser().error(str(e))
     jobs = args.jobs or min(cores(), len(study.seeds))
@@ -320,11 +322,14 @@ def main(argv=None) -> None:
         try:
             run_seeds(study, jobs)
             other = against(args, study, jobs) if args.against else None
+        except cli.UsageError as e:
+            make_parser().error(str(e))
         except cli.Interrupted as stop:
             done = len(study.rows())
+            again = f" --against {shlex.quote(args.against)}" if args.against else ""
             print(f"\nstopped by {stop}: {done} of {len(study.seeds)} seeds finished, the "
                   f"others keep their last epoch; continue with: python study.py --resume "
-                  f"--save-dir {study.folder}", file=sys.stderr)
+                  f"--save-dir {study.folder}{again}", file=sys.stderr)
             sys.exit(128 + stop.signum)
     print(table(study))
     histories = {seed: load_checkpoint(study.run_dir(seed) / "last.pth")["history"]

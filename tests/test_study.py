@@ -107,6 +107,9 @@ def test_against_another_recipe_or_a_saved_study_prints_the_difference(two_seeds
                          r"\((.+)\)", printed)
         assert line, printed
         assert abs(float(line[1]) - 100 * (sum(mine) - sum(theirs)) / 2) < 1e-3
+    other_recipe = run_main(study, "--resume", "--save-dir", ours, "--against",
+                            " ".join([*TINY, "--lr", "1e-3"]))
+    assert_one_line_error(other_recipe, "holds the study of --against", "--lr 1e-2", code=2)
 
 
 @pytest.mark.parametrize("args, message, code", [
