@@ -22,7 +22,7 @@ import torch.nn.functional as F
 import datasets
 import engine
 from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
-from net import LeNet5, watching
+from net import LeNet5, look_inside, watching
 
 REFUSED_DIGITS = 0.01     # share of validation digits that the rule refuses, by construction
 TYPICAL_LAYER = "S4"      # the pooled C3 maps (16 x 5 x 5)
@@ -165,6 +165,11 @@ class Reader:
     def read(self, x: torch.Tensor) -> list[Reading]:
         """The readings of normalized images."""
         return self.judge(*logits_and_maps(self.model, x))
+
+    def read_inside(self, x: torch.Tensor) -> tuple[list[Reading], dict[str, torch.Tensor]]:
+        """The readings of normalized images, and every layer's output on the way there."""
+        outputs = look_inside(self.model, x)
+        return self.judge(outputs["output"], outputs[TYPICAL_LAYER].flatten(1)), outputs
 
     def judge(self, logits: torch.Tensor, maps: torch.Tensor) -> list[Reading]:
         """The readings of images whose logits and S4 maps are already computed."""

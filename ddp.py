@@ -89,8 +89,7 @@ def threads_per_process(world: World) -> int:
     given = os.environ.get("OMP_NUM_THREADS", "")
     if given.isdigit() and int(given) > 0 and (given != "1" or world.local_size == 1):
         return int(given)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // world.local_size)
+    return max(1, engine.available_cores() // world.local_size)
 
 
 def lost_peer(error: BaseException) -> bool:

@@ -81,8 +81,8 @@ class PageReader:
         the model saw (0-255, row by row). Raises ``handwriting.ImageProblem`` for a picture
         that cannot be read."""
         prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(data), "the picture"))
-        outputs = net.look_inside(self.reader.model, self.reader.normalized(prepared))
-        reading = self.reader.judge(outputs["output"], outputs["S4"].flatten(1))[0]
+        readings, outputs = self.reader.read_inside(self.reader.normalized(prepared))
+        reading = readings[0]
         return {"probabilities": [round(p, 6) for p in reading.probabilities.tolist()],
                 "digit": reading.digit, "best": reading.best, "sure": round(reading.sure, 6),
                 "seen": (prepared * 255).round().byte().flatten().tolist(),

@@ -1,6 +1,7 @@
 """The training core: device switch, model, optimizer, weight average, one training epoch
 (replayed from a CUDA graph on a GPU), evaluation."""
 import copy
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -19,6 +20,12 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 class DeviceError(cli.Problem):
     """The requested device is not available on this machine."""
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity, where the system has one)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores or 1
 
 
 def pick_device(name: str = "auto") -> torch.device:

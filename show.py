@@ -232,9 +232,8 @@ def show_layers(args, reader: confidence.Reader) -> str:
             raise cli.Problem(f"--index must be below {len(labels)}, got {index}")
         pixels = images[index].float() / 255
         name = f"test image #{index} (labelled {classes[int(labels[index])]})"
-    x = reader.normalized(pixels)
-    outputs = {layer: output[0] for layer, output in net.look_inside(reader.model, x).items()}
-    reading = reader.judge(outputs["output"][None], outputs["S4"].flatten()[None])[0]
+    readings, outputs = reader.read_inside(reader.normalized(pixels))
+    reading, outputs = readings[0], {layer: output[0] for layer, output in outputs.items()}
     line = f"{name}: {describe(reading, classes)}"
     with cli.writing(args.out, "--out"):
         plots.layer_view(pixels, {**outputs, "C5": outputs["C5"].flatten()},

@@ -136,9 +136,10 @@ def figures(run_dir: Path, seed: int, data_dir: str) -> dict:
     the model after the last epoch, evaluated here from the run's files."""
     kept = confidence.open_reader(run_dir / "best_model.pth", torch.device("cpu"))
     last = load_checkpoint(run_dir / "last.pth")
-    test = engine.evaluate(kept.model, kept.test_batches(data_dir))
+    batches = kept.test_batches(data_dir)
+    test = engine.evaluate(kept.model, batches)
     kept.model.load_state_dict(last["model"])
-    last_test = engine.evaluate(kept.model, kept.test_batches(data_dir))
+    last_test = engine.evaluate(kept.model, batches)
     return {"seed": seed, "kept_epoch": kept.checkpoint["epoch"],
             "val_accuracy": kept.checkpoint["val_accuracy"], "test_accuracy": test.accuracy,
             "last_epoch": last["epoch"], "last_test_accuracy": last_test.accuracy}
@@ -166,7 +167,7 @@ def run_seeds(study: Study, jobs: int) -> None:
     """Train every seed without a row in the table, ``jobs`` at once, each with its share of
     the cores; a stop is passed on to the runs, which keep their last finished epoch."""
     todo = [seed for seed in study.seeds if seed not in study.rows()]
-    threads = max(1, cores() // jobs)
+    threads = max(1, engine.available_cores() // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     running: dict[int, tuple[subprocess.Popen, float]] = {}
     try:
@@ -206,10 +207,6 @@ def run_seeds(study: Study, jobs: int) -> None:
                 process.send_signal(signal.SIGINT)
         for process, _ in running.values():
             process.wait()
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def last_line(path: Path) -> str:
@@ -314,7 +311,7 @@ def main(argv=None) -> None:
         study = start(Path(args.save_dir), flags, args.seeds, args.resume)
     except cli.UsageError as e:
         make_parser().error(str(e))
-    jobs = args.jobs or min(cores(), len(study.seeds))
+    jobs = args.jobs or min(engine.available_cores(), len(study.seeds))
     command = " ".join(["python train.py", *map(shlex.quote, study.flags)])
     print(f"{len(study.seeds)} seeds of `{command}` in {study.folder}, {jobs} at a time",
           flush=True)
