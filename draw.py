@@ -94,9 +94,11 @@ def describe(reader: confidence.Reader, path: str, test_accuracy: float | None) 
     """What the page says about the model that answers, and its kernels (each layer's as
     bytes, with the scale of its largest weight)."""
     checkpoint = reader.checkpoint
-    kernels = {name: {"shape": list(weights.shape), "scale": float(weights.abs().max()),
-                      "values": as_bytes(weights, float(weights.abs().max()))}
-               for name, weights in net.kernels(reader.model).items()}
+    kernels = {}
+    for name, weights in net.kernels(reader.model).items():
+        scale = float(weights.abs().max())
+        kernels[name] = {"shape": list(weights.shape), "scale": scale,
+                         "values": as_bytes(weights, scale)}
     return {"checkpoint": path, "dataset": datasets.DATASETS[checkpoint["dataset"]].title,
             "classes": checkpoint["classes"], "epoch": checkpoint.get("epoch"),
             "val_accuracy": checkpoint.get("val_accuracy"), "test_accuracy": test_accuracy,

@@ -236,8 +236,8 @@ def show_layers(args, reader: confidence.Reader) -> str:
     reading, outputs = readings[0], {layer: output[0] for layer, output in outputs.items()}
     line = f"{name}: {describe(reading, classes)}"
     with cli.writing(args.out, "--out"):
-        plots.layer_view(pixels, {**outputs, "C5": outputs["C5"].flatten()},
-                         net.kernels(reader.model), classes, reading.probabilities,
+        plots.layer_view(pixels, outputs, net.kernels(reader.model), classes,
+                         reading.probabilities,
                          f"{args.checkpoint}, {line}", args.out)
     return line
 
@@ -258,20 +258,17 @@ def main(argv=None) -> None:
     reader = confidence.open_reader(args.checkpoint, engine.pick_device(args.device),
                                     digits_for="--image" if args.image else None)
     if args.layers:
-        print(show_layers(args, reader))
-        print(f"picture written to {args.out}")
-        if args.show:
-            open_in_viewer(args.out)
-        return
-    font = ImageFont.load_default(size=CAPTION_SIZE)
-    show = show_own_images if args.image else show_test_images
-    tiles, lines = show(args, reader, font)
-    if not tiles:
-        print("nothing to draw: every test image is classified correctly")
-        return
-    # The picture first: a reader that stops early (| head) must not cost it.
-    with cli.writing(args.out, "--out"):
-        save_picture(grid(tiles, columns=5 if args.image else COLUMNS), args.out)
+        lines = [show_layers(args, reader)]
+    else:
+        font = ImageFont.load_default(size=CAPTION_SIZE)
+        show = show_own_images if args.image else show_test_images
+        tiles, lines = show(args, reader, font)
+        if not tiles:
+            print("nothing to draw: every test image is classified correctly")
+            return
+        # The picture first: a reader that stops early (| head) must not cost it.
+        with cli.writing(args.out, "--out"):
+            save_picture(grid(tiles, columns=5 if args.image else COLUMNS), args.out)
     print("\n".join(lines))
     print(f"picture written to {args.out}")
     if args.show:
