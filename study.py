@@ -166,7 +166,8 @@ def train_command(study: Study, seed: int) -> list[str]:
 def run_seeds(study: Study, jobs: int) -> None:
     """Train every seed without a row in the table, ``jobs`` at once, each with its share of
     the cores; a stop is passed on to the runs, which keep their last finished epoch."""
-    todo = [seed for seed in study.seeds if seed not in study.rows()]
+    done = study.rows()
+    todo = [seed for seed in study.seeds if seed not in done]
     threads = max(1, engine.available_cores() // jobs)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     running: dict[int, tuple[subprocess.Popen, float]] = {}
@@ -230,7 +231,8 @@ COLUMNS = [("val_accuracy", "val acc"), ("test_accuracy", "test acc"),
 
 
 def table(study: Study) -> str:
-    rows = [study.rows()[seed] for seed in study.seeds]
+    done = study.rows()
+    rows = [done[seed] for seed in study.seeds]
     lines = [f"{'seed':>6} {'kept epoch':>10} " + " ".join(f"{h:>{max(9, len(h))}}"
                                                          for _, h in COLUMNS)]
 
@@ -289,7 +291,8 @@ def against(args: argparse.Namespace, study: Study, jobs: int) -> Study:
     """The study to compare with: a saved one, or the recipe given as flags, run here."""
     if Path(args.against).is_dir():
         other = Study.saved(Path(args.against))
-        missing = [seed for seed in other.seeds if seed not in other.rows()]
+        done = other.rows()
+        missing = [seed for seed in other.seeds if seed not in done]
         if missing:
             raise cli.Problem(f"the study in {args.against} has not finished (seeds "
                               f"{', '.join(map(str, missing))}): continue it with --resume")
