@@ -17,8 +17,8 @@ def _save(figure: Figure, path: str | Path) -> None:
     write_atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
-def training_curves(history: list[dict], path: str | Path) -> None:
-    """Loss and accuracy per epoch, training and validation, with the best epoch marked."""
+def training_curves(history: list[dict], path: str | Path, kept: int) -> None:
+    """Loss and accuracy per epoch, training and validation, with the kept epoch marked."""
     epochs = [row["epoch"] for row in history]
     has_val = history[0]["val_accuracy"] is not None
     figure = Figure(figsize=(10, 4), layout="constrained")
@@ -31,11 +31,11 @@ def training_curves(history: list[dict], path: str | Path) -> None:
         loss_axes.plot(epochs, [row["val_loss"] for row in history], "o-", ms=3,
                        label="validation")
         accuracy_axes.plot(epochs, val_accuracy, "o-", ms=3, label="validation")
-        best = max(range(len(history)), key=lambda i: (val_accuracy[i], -i))
+        at = epochs.index(kept)
         for axes in (loss_axes, accuracy_axes):
-            axes.axvline(epochs[best], color="gray", linestyle="--", linewidth=1,
-                         label=f"best epoch ({epochs[best]})")
-        accuracy_axes.annotate(f"{val_accuracy[best]:.2f}%", (epochs[best], val_accuracy[best]),
+            axes.axvline(kept, color="gray", linestyle="--", linewidth=1,
+                         label=f"kept epoch ({kept})")
+        accuracy_axes.annotate(f"{val_accuracy[at]:.2f}%", (kept, val_accuracy[at]),
                                textcoords="offset points", xytext=(6, -14))
     loss_axes.set(title="Loss", xlabel="epoch", ylabel="cross-entropy", yscale="log")
     accuracy_axes.set(title="Accuracy", xlabel="epoch", ylabel="accuracy (%)")
@@ -105,9 +105,10 @@ def reliability_diagram(before: list, after: list, temperature: float, title: st
     _save(figure, path)
 
 
-def study_curves(histories: dict[int, list[dict]], title: str, path: str | Path) -> None:
-    """Every seed's validation accuracy per epoch (its kept epoch marked), and the training
-    loss: where the runs agree and how far apart they end."""
+def study_curves(histories: dict[int, list[dict]], kept: dict[int, int], title: str,
+                 path: str | Path) -> None:
+    """Every seed's validation accuracy per epoch (its ``kept`` epoch marked), and the
+    training loss: where the runs agree and how far apart they end."""
     figure = Figure(figsize=(10, 4), layout="constrained")
     accuracy_axes, loss_axes = figure.subplots(1, 2)
     for seed, history in histories.items():
@@ -117,8 +118,8 @@ def study_curves(histories: dict[int, list[dict]], title: str, path: str | Path)
             continue
         accuracy = [100 * row["val_accuracy"] for row in history]
         line, = accuracy_axes.plot(epochs, accuracy, linewidth=1, label=f"seed {seed}")
-        best = max(range(len(history)), key=lambda i: (accuracy[i], -i))
-        accuracy_axes.plot(epochs[best], accuracy[best], "o", ms=4, color=line.get_color())
+        at = epochs.index(kept[seed])
+        accuracy_axes.plot(kept[seed], accuracy[at], "o", ms=4, color=line.get_color())
     late = [100 * row["val_accuracy"] for history in histories.values()
             for row in history[len(history) // 3:] if row["val_accuracy"] is not None]
     if late:

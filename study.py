@@ -334,7 +334,8 @@ def main(argv=None) -> None:
     print(table(study))
     histories = {seed: load_checkpoint(study.run_dir(seed) / "last.pth")["history"]
                  for seed in study.seeds}
-    plots.study_curves(histories, f"{command}: {len(study.seeds)} seeds",
+    kept = {seed: int(row["kept_epoch"]) for seed, row in study.rows().items()}
+    plots.study_curves(histories, kept, f"{command}: {len(study.seeds)} seeds",
                        study.folder / "curves.png")
     print(f"table in {study.folder / TABLE}, every run's curves in {study.folder / 'curves.png'}")
     if other:

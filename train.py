@@ -54,7 +54,10 @@ AUGMENT_STRENGTH = None  # range scale, 1: 15 deg, 15 %, 10 deg shear, 3 px (Non
 FLIP = None              # also mirror half the images left to right (None: the set's own)
 LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
 EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
-VAL_SIZE = 5000          # images held out of the 60,000 to pick the best epoch (0: keep the last)
+VAL_SIZE = 5000          # images held out of the 60,000 to pick the epoch kept (0: keep the last)
+# Validation cannot tell apart epochs within a standard error of its best accuracy (about five
+# images of 5,000); the latest of them has the weight average of the most annealed weights.
+KEEP_WITHIN = 0.0        # kept: the latest epoch within this many standard errors of the best
 SEED = 0                 # fixes initialization, split, order and augmentation
 AMP = False              # bfloat16 autocast, meant for GPUs (several times slower on our CPU)
 COMPILE = False          # torch.compile: ~30 s to compile on 2 CPU cores, no clear gain there
@@ -87,6 +90,7 @@ CHECKS = {
     "label_smoothing": dict(type=ranged(float, 0, 1, high_open=True)),
     "ema_decay": dict(type=ranged(float, 0, 1, high_open=True)),
     "val_size": dict(type=ranged(int, 0, datasets.TRAIN_SIZE - 1)),
+    "keep_within": dict(type=ranged(float, 0)),
     "seed": dict(type=ranged(int, 0)),
     "amp": dict(action=argparse.BooleanOptionalAction),
     "compile": dict(action=argparse.BooleanOptionalAction),
@@ -216,8 +220,8 @@ def adopt_saved_settings(args: argparse.Namespace, state: dict, device: torch.de
         raise cli.UsageError(f"the run was trained on {state['device']}; resume it there "
                              f"with --device {state['device']}")
     # Runs saved before these settings existed trained MNIST without them.
-    saved = ({"label_smoothing": 0.0, "ema_decay": 0.0, "dataset": "mnist", "flip": False}
-             | state["hparams"])
+    saved = ({"label_smoothing": 0.0, "ema_decay": 0.0, "dataset": "mnist", "flip": False,
+              "keep_within": 0.0} | state["hparams"])
     for name in sorted(args.given - {"epochs"}):
         if getattr(args, name) != saved[name]:
             raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} conflicts "
@@ -311,7 +315,7 @@ def make_checkpoint(args, judged, epoch: int, val: engine.Result | None,
 
 
 def training_state(model, ema, optimizer, scheduler, generator, history: list[dict],
-                   best_val: float, device: torch.device, world: ddp.World) -> dict:
+                   device: torch.device, world: ddp.World) -> dict:
     """What last.pth adds to the checkpoint so that --resume continues exactly (and torchrun's
     id of the run, by which a restarted process knows the file is its own)."""
     return {
@@ -321,7 +325,7 @@ def training_state(model, ema, optimizer, scheduler, generator, history: list[di
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler else None,
         "rng": {"torch": torch.get_rng_state(), "data": generator.get_state()},
-        "history": history, "best_val_accuracy": best_val, "device": device.type,
+        "history": history, "device": device.type,
     }
 
 
@@ -427,11 +431,11 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
     step_model = stepping(model, args, world, device)
     if state is None:
         scheduler, per_batch = make_scheduler(optimizer, args, args.epochs, len(train_batches))
-        done, best_val, history = 0, -1.0, []
+        done, history = 0, []
     else:
         scheduler, per_batch = restore(state, args, model, ema, optimizer, generator,
                                        len(train_batches))
-        done, best_val, history = state["epoch"], state["best_val_accuracy"], state["history"]
+        done, history = state["epoch"], state["history"]
         if world.main:
             write_history(save_dir / "history.csv", history)
         say(f"resuming {save_dir}/last.pth after epoch {done} of {args.epochs}")
@@ -459,27 +463,33 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
         seconds = time.perf_counter() - start
 
         checkpoint = make_checkpoint(args, judged, epoch, val, train_batches, world)
-        improved = (val.accuracy > best_val) if val else epoch == args.epochs
         history.append(history_row(epoch, fit, val, lr))
-        if improved:
-            best_val = val.accuracy if val else best_val
+        keep = kept_epoch(history, val.total, args.keep_within) if val else epoch
         if world.main:
-            if improved:
+            if keep == epoch:
                 save_checkpoint(save_dir / "best_model.pth", checkpoint)
             write_history(save_dir / "history.csv", history)
-            plots.training_curves(history, save_dir / "curves.png")
+            plots.training_curves(history, save_dir / "curves.png", keep)
             save_checkpoint(save_dir / "last.pth", checkpoint | training_state(
-                model, ema, optimizer, scheduler, generator, history, best_val, device,
-                world))
+                model, ema, optimizer, scheduler, generator, history, device, world))
         say(f"{epoch:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {fmt(val, 'loss', '.4f'):>8} "
             f"{fmt(val, 'accuracy', '.2%'):>8} {lr:>8.2e} {seconds:>5.1f}s "
-            f"{fit.total / train_seconds:>7,.0f}{'  best' if improved else ''}", flush=True)
+            f"{fit.total / train_seconds:>7,.0f}{'  kept' if keep == epoch else ''}", flush=True)
 
     if not world.main:
         return
     best, tested = finish(save_dir / "best_model.pth", device, train_batches, val_batches,
                           test_batches)
     print(summary(best, tested, save_dir))
+
+
+def kept_epoch(history: list[dict], val_size: int, within: float) -> int:
+    """The epoch to keep so far: the latest whose validation accuracy is within ``within``
+    standard errors (binomial, over ``val_size`` images) of the best one's."""
+    accuracies = [row["val_accuracy"] for row in history]
+    best = max(accuracies)
+    margin = within * (best * (1 - best) / val_size) ** 0.5
+    return max(row["epoch"] for row in history if row["val_accuracy"] >= best - margin)
 
 
 def stepping(model, args: argparse.Namespace, world: ddp.World, device: torch.device):
@@ -512,7 +522,7 @@ def summary(best: dict, tested: engine.Result, save_dir: Path) -> str:
                   f"{best['calibration']['temperature']:.3f}" if "calibration" in best else
                   "no validation images: probabilities are not calibrated, and nothing is "
                   "refused as not a digit")
-    return (f"best epoch {best['epoch']} saved to {save_dir}/best_model.pth\n{calibrated}\n"
+    return (f"kept epoch {best['epoch']} saved to {save_dir}/best_model.pth\n{calibrated}\n"
             f"test accuracy {tested.accuracy:.2%} ({tested.errors} errors / {tested.total})")
 
 

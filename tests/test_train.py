@@ -34,9 +34,11 @@ def test_smoke_run_writes_a_self_describing_checkpoint(trained):
     assert checkpoint["dataset"] == "mnist" and checkpoint["hparams"]["flip"] is False
     rows = read_history(trained)
     assert [row["epoch"] for row in rows] == ["1", "2"]
-    best = max(rows, key=lambda row: float(row["val_accuracy"]))
-    assert checkpoint["epoch"] == int(best["epoch"])
-    assert checkpoint["val_accuracy"] == pytest.approx(float(best["val_accuracy"]), abs=1e-6)
+    kept = rows[train.kept_epoch([row | {"epoch": int(row["epoch"]),
+                                         "val_accuracy": float(row["val_accuracy"])}
+                                  for row in rows], 250, train.KEEP_WITHIN) - 1]
+    assert checkpoint["epoch"] == int(kept["epoch"])
+    assert checkpoint["val_accuracy"] == pytest.approx(float(kept["val_accuracy"]), abs=1e-6)
     with Image.open(trained / "curves.png") as curves:
         assert curves.format == "PNG" and curves.width > 600
 
@@ -46,13 +48,24 @@ def test_log_has_one_aligned_line_per_epoch_and_the_test_result(smoke_run):
     assert "training LeNet-5 on 2,750 MNIST images (validation 250) on cpu for 2 epochs" in out
     epoch_lines = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
     assert len(epoch_lines) == 2
-    assert len({len(line.rstrip(" best")) for line in epoch_lines}) == 1      # aligned
-    assert epoch_lines[0].endswith("best")
+    assert len({len(line.removesuffix("  kept")) for line in epoch_lines}) == 1      # aligned
+    assert epoch_lines[0].endswith("  kept")
     match = re.search(r"test accuracy (\d+\.\d\d)% \((\d+) errors / 10000\)", out)
     assert match, out
     accuracy, errors = float(match[1]), int(match[2])
     assert accuracy == pytest.approx(100 * (10000 - errors) / 10000, abs=0.005)
     assert accuracy > 80     # a real model after two small epochs, not a stub
+
+
+@pytest.mark.parametrize("within, val_size, kept", [(0, 5000, 3), (1, 5000, 5), (2, 5000, 5),
+                                                     (3, 5000, 6), (1, 250, 6)])
+def test_the_kept_epoch_is_the_latest_that_validation_cannot_tell_from_the_best(within,
+                                                                                 val_size, kept):
+    # One standard error of 99.40 % on 5,000 images is 0.109 points; on 250 images 0.488.
+    accuracies = [0.9900, 0.9940, 0.9940, 0.9910, 0.9932, 0.9915]
+    history = [{"epoch": epoch, "val_accuracy": accuracy}
+               for epoch, accuracy in enumerate(accuracies, 1)]
+    assert train.kept_epoch(history, val_size, within) == kept
 
 
 def test_another_seed_trains_another_model(tmp_path):
