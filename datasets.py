@@ -6,6 +6,7 @@ MNIST (handwritten digits) ships in the repository; Fashion-MNIST (clothing) and
 way: the IDX files in ``data/<set>/raw`` become uint8 tensors here, and ``Batches`` turns those
 into normalized (and, for training, augmented) batches on the device.
 """
+import functools
 import gzip
 import hashlib
 import math
@@ -31,6 +32,9 @@ MAX_ROTATION_DEG = 15.0
 MAX_SCALE = 0.15                      # zoom by a factor in [0.85, 1.15]
 MAX_SHEAR_DEG = 10.0
 MAX_SHIFT_PX = 3.0
+# The elastic distortion's smoothness (Simard, Steinkraus & Platt 2003): its displacement field
+# is uniform noise blurred by a Gaussian of this width, times the strength in pixels.
+ELASTIC_SIGMA_PX = 4.0
 
 
 class DataError(cli.Problem):
@@ -252,10 +256,32 @@ def random_affine_matrices(n: int, generator: torch.Generator, strength: float =
     return theta
 
 
-def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Apply one affine matrix per image; ``x`` holds raw pixels in [0, 1], so the zeros that
-    ``grid_sample`` pads with are background."""
+@functools.cache
+def _blur_matrix(device: torch.device) -> torch.Tensor:
+    """SIDE x SIDE: multiplying by it blurs a column by a Gaussian of ELASTIC_SIGMA_PX (each
+    row sums to 1, so the edges are not darkened)."""
+    at = torch.arange(SIDE, dtype=torch.float32, device=device)
+    weights = torch.exp(-((at[:, None] - at[None, :]) / ELASTIC_SIGMA_PX) ** 2 / 2)
+    return weights / weights.sum(dim=1, keepdim=True)
+
+
+def random_displacements(n: int, generator: torch.Generator, alpha: float,
+                         device: torch.device | None = None) -> torch.Tensor:
+    """``n`` smooth random displacement fields (n x SIDE x SIDE x 2, in ``grid_sample``'s
+    coordinates): uniform noise in [-1, 1] blurred along both axes, times ``alpha`` pixels."""
+    noise = torch.rand(n, 2, SIDE, SIDE, generator=generator, device=device) * 2 - 1
+    blur = _blur_matrix(noise.device)
+    return (blur @ noise @ blur.T).permute(0, 2, 3, 1) * (alpha * 2 / SIDE)
+
+
+def warp(x: torch.Tensor, theta: torch.Tensor,
+         displacement: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply one affine matrix per image, then move each sampled point by ``displacement``
+    (if given); ``x`` holds raw pixels in [0, 1], so the zeros that ``grid_sample`` pads with
+    are background."""
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if displacement is not None:
+        grid = grid + displacement
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
@@ -275,16 +301,19 @@ class Batches:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
                  device: torch.device, mean: float = MEAN, std: float = STD,
                  shuffle: bool = False, augment: float = 0.0, flip: bool = False,
-                 generator: torch.Generator | None = None, part: tuple[int, int] = (0, 1)):
+                 elastic: float = 0.0, generator: torch.Generator | None = None,
+                 part: tuple[int, int] = (0, 1)):
         """``augment`` is the strength of the random affine augmentation, ``flip`` adds random
-        left-right mirroring; 0 and False turn them off."""
-        if (shuffle or augment or flip) and generator is None:
+        left-right mirroring, ``elastic`` an elastic distortion of that many pixels; 0 and
+        False turn them off."""
+        if (shuffle or augment or flip or elastic) and generator is None:
             raise ValueError("shuffling or augmenting needs a generator")
         self.images = images.to(device).unsqueeze(1).float().div_(255)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.mean, self.std = mean, std
         self.shuffle, self.augment, self.flip, self.generator = shuffle, augment, flip, generator
+        self.elastic = elastic
         self.rank, self.parts = part
 
     def batch_sizes(self) -> list[int]:
@@ -307,14 +336,20 @@ class Batches:
         order = torch.randperm(n, generator=self.generator, device=device) if self.shuffle else None
         # The whole pass's matrices at once: a handful of operations per pass instead of per batch
         theta = (random_affine_matrices(n, self.generator, self.augment, device, self.flip)
-                 if self.augment or self.flip else None)
-        for start in range(0, n, self.batch_size):
-            start, stop = self._slice(start, min(start + self.batch_size, n))
+                 if self.augment or self.flip or self.elastic else None)
+        for whole_start in range(0, n, self.batch_size):
+            whole_stop = min(whole_start + self.batch_size, n)
+            start, stop = self._slice(whole_start, whole_stop)
             if order is None:
                 x, y = self.images[start:stop], self.labels[start:stop]
             else:
                 index = order[start:stop]
                 x, y = self.images[index], self.labels[index]
+            # Drawn per whole batch (a pass's fields would fill hundreds of MB), then sliced
+            displacement = (random_displacements(whole_stop - whole_start, self.generator,
+                                                 self.elastic, device)[start - whole_start:
+                                                                       stop - whole_start]
+                            if self.elastic else None)
             if theta is not None:
-                x = warp(x, theta[start:stop])
+                x = warp(x, theta[start:stop], displacement)
             yield (x - self.mean) / self.std, y

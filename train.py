@@ -52,6 +52,7 @@ AUGMENT = True           # random rotation, scale, shear and shift of each train
 # flips alone for clothing, where a mirrored shoe is a shoe and a mirrored 7 is no digit)
 AUGMENT_STRENGTH = None  # range scale, 1: 15 deg, 15 %, 10 deg shear, 3 px (None: the set's own)
 FLIP = None              # also mirror half the images left to right (None: the set's own)
+ELASTIC = 0.0            # with AUGMENT: an elastic distortion of this many pixels (0: none)
 LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
 EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
 VAL_SIZE = 5000          # images held out of the 60,000 to pick the epoch kept (0: keep the last)
@@ -87,6 +88,7 @@ CHECKS = {
     "augment": dict(action=argparse.BooleanOptionalAction),
     "augment_strength": dict(type=ranged(float, 0, 2)),
     "flip": dict(action=argparse.BooleanOptionalAction),
+    "elastic": dict(type=ranged(float, 0, 100)),
     "label_smoothing": dict(type=ranged(float, 0, 1, high_open=True)),
     "ema_decay": dict(type=ranged(float, 0, 1, high_open=True)),
     "val_size": dict(type=ranged(int, 0, datasets.TRAIN_SIZE - 1)),
@@ -221,7 +223,7 @@ def adopt_saved_settings(args: argparse.Namespace, state: dict, device: torch.de
                              f"with --device {state['device']}")
     # Runs saved before these settings existed trained MNIST without them.
     saved = ({"label_smoothing": 0.0, "ema_decay": 0.0, "dataset": "mnist", "flip": False,
-              "keep_within": 0.0} | state["hparams"])
+              "keep_within": 0.0, "elastic": 0.0} | state["hparams"])
     for name in sorted(args.given - {"epochs"}):
         if getattr(args, name) != saved[name]:
             raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} conflicts "
@@ -258,7 +260,8 @@ def make_batches(args, device: torch.device, generator: torch.Generator, world: 
     train_batches = datasets.Batches(images[train_idx], labels[train_idx], args.batch_size,
                                      device, mean, std, shuffle=True, generator=generator,
                                      augment=args.augment_strength if args.augment else 0.0,
-                                     flip=args.augment and args.flip, part=part)
+                                     flip=args.augment and args.flip,
+                                     elastic=args.elastic if args.augment else 0.0, part=part)
     val_batches = (datasets.Batches(images[val_idx], labels[val_idx], engine.EVAL_BATCH_SIZE,
                                     device, mean, std, part=part) if val_size else None)
     return train_batches, val_batches, datasets.Batches(test_images, test_labels,

@@ -294,3 +294,65 @@ def test_without_flips_the_augmentation_stream_is_unchanged():
     assert torch.equal(draw[0][:, :, 1:], draw[1][:, :, 1:])   # only what x reads is mirrored
     assert torch.equal(draw[0][:, :, 0].abs(), draw[1][:, :, 0].abs())
     assert not torch.equal(draw[0], draw[1])
+
+
+def test_elastic_fields_are_smooth_centred_and_scale_with_their_strength():
+    fields = [datasets.random_displacements(256, torch.Generator().manual_seed(0), alpha)
+              for alpha in (10.0, 20.0)]
+    assert fields[0].shape == (256, 28, 28, 2)
+    assert torch.allclose(fields[1], 2 * fields[0])            # the strength is a plain factor
+    pixels = fields[0] * 28 / 2                                 # grid units to pixels
+    rms = pixels.pow(2).sum(-1).mean().sqrt()
+    assert 0.3 < rms < 1.5                                      # "mild": about a pixel
+    assert pixels.mean((0, 1, 2)).abs().max() < 0.1 * rms       # no drift in either direction
+    # Blurred by 4 px, neighbours move almost alike; unblurred noise would differ by ~1.4 rms.
+    step = (pixels[:, 1:] - pixels[:, :-1]).pow(2).sum(-1).mean().sqrt()
+    assert step < 0.25 * rms                                    # (measured 0.17)
+    images, _ = datasets.load(ROOT / "data", "test")
+    x = images[:256].unsqueeze(1).float() / 255
+    identity = datasets.random_affine_matrices(256, torch.Generator(), 0.0)
+    out = datasets.warp(x, identity, fields[0])
+    assert torch.allclose(datasets.warp(x, identity, torch.zeros_like(fields[0])), x, atol=1e-5)
+    changed = (out - x).abs().flatten(1).mean(1)
+    assert (changed > 0.005).all()                              # every image moved
+    ink_ratio = out.flatten(1).sum(1) / x.flatten(1).sum(1)
+    assert ((ink_ratio > 0.8) & (ink_ratio < 1.25)).all()     # and stayed the same digit's ink
+
+
+@pytest.mark.parametrize("elastic", [0.0, 10.0])
+def test_two_processes_see_one_process_batches_with_any_augmentation(elastic):
+    images, labels = datasets.load(ROOT / "data", "test")
+
+    def passes(part):
+        batches = datasets.Batches(images[:300], labels[:300], 64, torch.device("cpu"),
+                                   shuffle=True, augment=1.0, elastic=elastic, part=part,
+                                   generator=torch.Generator().manual_seed(3))
+        return [list(batches) for _ in range(2)]
+
+    whole, first, second = passes((0, 1)), passes((0, 2)), passes((1, 2))
+    for one, a, b in zip(whole, first, second):
+        for (x, y), (xa, ya), (xb, yb) in zip(one, a, b):
+            assert torch.equal(torch.cat([ya, yb]), y)
+            assert torch.allclose(torch.cat([xa, xb]), x, atol=1e-6)
+
+
+def test_the_elastic_distortion_is_drawn_only_when_asked_for():
+    """Without it, the data stream is the permutation and the affine matrices of each pass
+    and nothing else, as every run without it has drawn them."""
+    images, labels = datasets.load(ROOT / "data", "test")
+    x = images[:100].unsqueeze(1).float() / 255
+    batches = datasets.Batches(images[:100], labels[:100], 100, torch.device("cpu"), mean=0.0,
+                               std=1.0, shuffle=True, augment=1.0,
+                               generator=torch.Generator().manual_seed(5))
+    by_hand = torch.Generator().manual_seed(5)
+    expected = []
+    for _ in range(2):
+        order = torch.randperm(100, generator=by_hand)
+        expected.append(datasets.warp(x[order], datasets.random_affine_matrices(100, by_hand)))
+        (got, _), = list(batches)
+        assert torch.equal(got, expected[-1])
+    distorted = datasets.Batches(images[:100], labels[:100], 100, torch.device("cpu"),
+                                 mean=0.0, std=1.0, shuffle=True, augment=1.0, elastic=10.0,
+                                 generator=torch.Generator().manual_seed(5))
+    (got, _), = list(distorted)
+    assert (got - expected[0]).abs().mean() > 0.005

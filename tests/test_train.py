@@ -78,6 +78,15 @@ def test_another_seed_trains_another_model(tmp_path):
                            weights(tmp_path / "1" / "last.pth")["net.0.weight"])
 
 
+def test_the_elastic_distortion_reaches_training_and_is_saved(tmp_path):
+    for elastic in ("0", "10"):
+        assert run_main(train, "--subset", "600", "--epochs", "1", "--elastic", elastic,
+                        "--device", "cpu", "--save-dir", tmp_path / elastic).returncode == 0
+    assert torch.load(tmp_path / "10" / "last.pth", weights_only=True)["hparams"]["elastic"] == 10
+    assert not torch.equal(weights(tmp_path / "0" / "last.pth")["net.0.weight"],
+                           weights(tmp_path / "10" / "last.pth")["net.0.weight"])
+
+
 def test_the_weight_average_is_what_is_validated_and_saved(trained, tmp_path):
     last = torch.load(trained / "last.pth", weights_only=True)
     assert last["hparams"]["ema_decay"] == train.EMA_DECAY > 0
