@@ -1,4 +1,5 @@
-"""Train LeNet-5 on MNIST and keep the checkpoint with the best validation accuracy.
+"""Train LeNet-5 on MNIST and keep the checkpoint with the best validation accuracy (the latest
+epoch that validation cannot tell from the best: docs/experiments.md, "Which epoch to keep").
 
     python train.py                      # the recipe in the block below
     python train.py --epochs 5 --lr 1e-3 # any setting can be overridden by a flag
@@ -57,8 +58,8 @@ LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in
 EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
 VAL_SIZE = 5000          # images held out of the 60,000 to pick the epoch kept (0: keep the last)
 # Validation cannot tell apart epochs within a standard error of its best accuracy (about five
-# images of 5,000); the latest of them has the weight average of the most annealed weights.
-KEEP_WITHIN = 0.0        # kept: the latest epoch within this many standard errors of the best
+# images of 5,000); the latest of them tested 0.06 points better than the best over 8 seeds.
+KEEP_WITHIN = 1.0        # kept: the latest epoch within this many standard errors of the best
 SEED = 0                 # fixes initialization, split, order and augmentation
 AMP = False              # bfloat16 autocast, meant for GPUs (several times slower on our CPU)
 COMPILE = False          # torch.compile: ~30 s to compile on 2 CPU cores, no clear gain there

@@ -1,4 +1,5 @@
 """Stops of every kind lose no finished work, and a resumed run equals an uninterrupted one."""
+import csv
 import resource
 import shutil
 import signal
@@ -10,6 +11,7 @@ import time
 import pytest
 import torch
 
+import datasets
 import train
 from conftest import (ROOT, assert_one_line_error, next_line, run_main,
                       wait_until_stops_are_handled)
@@ -146,15 +148,20 @@ def test_resume_refuses_conflicting_flags_and_extends_with_epochs(tmp_path, unin
                           "--lr 0.1 conflicts with the run being resumed (0.003)", code=2)
     assert_one_line_error(run_main(train, "--resume", "--save-dir", tmp_path),
                           "finished all 2 epochs", "--epochs N", code=2)
-    best_before = torch.load(tmp_path / "best_model.pth", weights_only=True)
     result = run_main(train, "--resume", "--epochs", "3", "--batch-size", "32",
                       "--save-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     history = (tmp_path / "history.csv").read_text().splitlines()
     assert history[:3] == (uninterrupted / "history.csv").read_text().splitlines()
     assert len(history) == 4
-    best_after = torch.load(tmp_path / "best_model.pth", weights_only=True)
-    assert best_after["val_accuracy"] >= best_before["val_accuracy"]
+    # The kept epoch is chosen over all three epochs, the added one included.
+    kept = torch.load(tmp_path / "best_model.pth", weights_only=True)
+    rows = [{"epoch": int(row["epoch"]), "val_accuracy": float(row["val_accuracy"])}
+            for row in csv.DictReader(history)]
+    hparams = kept["hparams"]
+    val_size = datasets.scaled_val_size(hparams["val_size"], hparams["subset"])
+    assert kept["epoch"] == train.kept_epoch(rows, val_size, hparams["keep_within"])
+    assert kept["val_accuracy"] == pytest.approx(rows[kept["epoch"] - 1]["val_accuracy"])
     assert saved_epoch(tmp_path / "last.pth") == 3
 
 
