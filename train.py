@@ -469,6 +469,8 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
         checkpoint = make_checkpoint(args, judged, epoch, val, train_batches, world)
         history.append(history_row(epoch, fit, val, lr))
         keep = kept_epoch(history, val.total, args.keep_within) if val else epoch
+        new_best = val is not None and all(val.accuracy > row["val_accuracy"]
+                                           for row in history[:-1])
         if world.main:
             if keep == epoch:
                 save_checkpoint(save_dir / "best_model.pth", checkpoint)
@@ -478,13 +480,13 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
                 model, ema, optimizer, scheduler, generator, history, device, world))
         say(f"{epoch:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {fmt(val, 'loss', '.4f'):>8} "
             f"{fmt(val, 'accuracy', '.2%'):>8} {lr:>8.2e} {seconds:>5.1f}s "
-            f"{fit.total / train_seconds:>7,.0f}{'  kept' if keep == epoch else ''}", flush=True)
+            f"{fit.total / train_seconds:>7,.0f}{'  best' if new_best else ''}", flush=True)
 
     if not world.main:
         return
-    best, tested = finish(save_dir / "best_model.pth", device, train_batches, val_batches,
+    kept, tested = finish(save_dir / "best_model.pth", device, train_batches, val_batches,
                           test_batches)
-    print(summary(best, tested, save_dir))
+    print(summary(kept, history, tested, save_dir))
 
 
 def kept_epoch(history: list[dict], val_size: int, within: float) -> int:
@@ -520,30 +522,38 @@ def heading(args: argparse.Namespace, world: ddp.World, device: torch.device,
             f"{'lr':>8} {'time':>6} {'img/s':>7}")
 
 
-def summary(best: dict, tested: engine.Result, save_dir: Path) -> str:
-    """The run's last lines: the epoch kept, its calibration, its test accuracy."""
+def summary(kept: dict, history: list[dict], tested: engine.Result, save_dir: Path) -> str:
+    """The run's last lines: the epoch kept and why, its calibration, its test accuracy."""
+    if kept["val_accuracy"] is None:
+        why = "the last epoch"
+    else:
+        best = max(history, key=lambda row: row["val_accuracy"])
+        why = f"validation accuracy {kept['val_accuracy']:.2%}, " + (
+            "the best" if kept["val_accuracy"] == best["val_accuracy"] else
+            f"within a standard error of the best ({best['val_accuracy']:.2%} at epoch "
+            f"{best['epoch']})")
     calibrated = (f"probabilities calibrated on the validation images: temperature "
-                  f"{best['calibration']['temperature']:.3f}" if "calibration" in best else
+                  f"{kept['calibration']['temperature']:.3f}" if "calibration" in kept else
                   "no validation images: probabilities are not calibrated, and nothing is "
                   "refused as not a digit")
-    return (f"kept epoch {best['epoch']} saved to {save_dir}/best_model.pth\n{calibrated}\n"
+    return (f"kept epoch {kept['epoch']} in {save_dir}/best_model.pth: {why}\n{calibrated}\n"
             f"test accuracy {tested.accuracy:.2%} ({tested.errors} errors / {tested.total})")
 
 
 def finish(path: Path, device: torch.device, train_batches: datasets.Batches,
            val_batches: datasets.Batches | None, test_batches: datasets.Batches
            ) -> tuple[dict, engine.Result]:
-    """The best checkpoint, with what makes its readings trustworthy (confidence.py: the
+    """The kept checkpoint, with what makes its readings trustworthy (confidence.py: the
     temperature and the "no digit here" limits, fitted with the validation images, when there
     are some) added to its file, and how it does on the test images."""
-    best = load_checkpoint(path)
-    model = model_from_checkpoint(best, device, path)
+    kept = load_checkpoint(path)
+    model = model_from_checkpoint(kept, device, path)
     if val_batches:
         def split(batches):
             return (batches.images - batches.mean) / batches.std, batches.labels
-        best["calibration"] = confidence.fit(model, split(train_batches), split(val_batches))
-        save_checkpoint(path, best)
-    return best, engine.evaluate(model, test_batches)
+        kept["calibration"] = confidence.fit(model, split(train_batches), split(val_batches))
+        save_checkpoint(path, kept)
+    return kept, engine.evaluate(model, test_batches)
 
 
 def stopping_together(on_step, stop: cli.StopNote, device: torch.device):

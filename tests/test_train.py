@@ -4,6 +4,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -48,13 +49,33 @@ def test_log_has_one_aligned_line_per_epoch_and_the_test_result(smoke_run):
     assert "training LeNet-5 on 2,750 MNIST images (validation 250) on cpu for 2 epochs" in out
     epoch_lines = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
     assert len(epoch_lines) == 2
-    assert len({len(line.removesuffix("  kept")) for line in epoch_lines}) == 1      # aligned
-    assert epoch_lines[0].endswith("  kept")
+    assert len({len(line.removesuffix("  best")) for line in epoch_lines}) == 1      # aligned
+    assert epoch_lines[0].endswith("  best")
     match = re.search(r"test accuracy (\d+\.\d\d)% \((\d+) errors / 10000\)", out)
     assert match, out
     accuracy, errors = float(match[1]), int(match[2])
     assert accuracy == pytest.approx(100 * (10000 - errors) / 10000, abs=0.005)
     assert accuracy > 80     # a real model after two small epochs, not a stub
+
+
+def test_the_last_lines_say_which_epoch_was_kept_and_why():
+    history = [{"epoch": epoch, "val_accuracy": accuracy}
+               for epoch, accuracy in enumerate([0.9900, 0.9940, 0.9932], 1)]
+    tested = engine.Result(loss=0.02, correct=9945, total=10000)
+    kept = {"epoch": 3, "val_accuracy": 0.9932, "calibration": {"temperature": 0.5}}
+    lines = train.summary(kept, history, tested, Path("runs")).splitlines()
+    assert lines[0] == (f"kept epoch 3 in {Path('runs') / 'best_model.pth'}: validation accuracy "
+                        "99.32%, within a standard error of the best (99.40% at epoch 2)")
+    assert lines[1] == "probabilities calibrated on the validation images: temperature 0.500"
+    assert lines[2] == "test accuracy 99.45% (55 errors / 10000)"
+    kept = {"epoch": 2, "val_accuracy": 0.9940, "calibration": {"temperature": 0.5}}
+    assert train.summary(kept, history, tested, Path("runs")).splitlines()[0].endswith(
+        "validation accuracy 99.40%, the best")
+    unvalidated = [row | {"val_accuracy": None} for row in history]
+    lines = train.summary({"epoch": 3, "val_accuracy": None}, unvalidated, tested,
+                          Path("runs")).splitlines()
+    assert lines[0].endswith("best_model.pth: the last epoch")
+    assert lines[1].startswith("no validation images: probabilities are not calibrated")
 
 
 @pytest.mark.parametrize("within, val_size, kept", [(0, 5000, 3), (1, 5000, 5), (2, 5000, 5),
