@@ -525,18 +525,19 @@ def heading(args: argparse.Namespace, world: ddp.World, device: torch.device,
 def summary(kept: dict, history: list[dict], tested: engine.Result, save_dir: Path) -> str:
     """The run's last lines: the epoch kept and why, its calibration, its test accuracy."""
     if kept["val_accuracy"] is None:
-        why = "the last epoch"
+        which = f"kept epoch {kept['epoch']}, the last, in {save_dir}/best_model.pth"
     else:
         best = max(history, key=lambda row: row["val_accuracy"])
-        why = f"validation accuracy {kept['val_accuracy']:.2%}, " + (
-            "the best" if kept["val_accuracy"] == best["val_accuracy"] else
-            f"within a standard error of the best ({best['val_accuracy']:.2%} at epoch "
-            f"{best['epoch']})")
+        which = (f"kept epoch {kept['epoch']} in {save_dir}/best_model.pth\nits validation "
+                 f"accuracy {kept['val_accuracy']:.2%} is " + (
+                     "the best" if kept["val_accuracy"] == best["val_accuracy"] else
+                     f"within a standard error of the best ({best['val_accuracy']:.2%} at "
+                     f"epoch {best['epoch']})"))
     calibrated = (f"probabilities calibrated on the validation images: temperature "
                   f"{kept['calibration']['temperature']:.3f}" if "calibration" in kept else
                   "no validation images: probabilities are not calibrated, and nothing is "
                   "refused as not a digit")
-    return (f"kept epoch {kept['epoch']} in {save_dir}/best_model.pth: {why}\n{calibrated}\n"
+    return (f"{which}\n{calibrated}\n"
             f"test accuracy {tested.accuracy:.2%} ({tested.errors} errors / {tested.total})")
 
 

@@ -63,18 +63,20 @@ def test_the_last_lines_say_which_epoch_was_kept_and_why():
                for epoch, accuracy in enumerate([0.9900, 0.9940, 0.9932], 1)]
     tested = engine.Result(loss=0.02, correct=9945, total=10000)
     kept = {"epoch": 3, "val_accuracy": 0.9932, "calibration": {"temperature": 0.5}}
-    lines = train.summary(kept, history, tested, Path("runs")).splitlines()
-    assert lines[0] == (f"kept epoch 3 in {Path('runs') / 'best_model.pth'}: validation accuracy "
-                        "99.32%, within a standard error of the best (99.40% at epoch 2)")
-    assert lines[1] == "probabilities calibrated on the validation images: temperature 0.500"
-    assert lines[2] == "test accuracy 99.45% (55 errors / 10000)"
+    saved = Path("runs") / "best_model.pth"
+    assert train.summary(kept, history, tested, Path("runs")).splitlines() == [
+        f"kept epoch 3 in {saved}",
+        "its validation accuracy 99.32% is within a standard error of the best (99.40% at "
+        "epoch 2)",
+        "probabilities calibrated on the validation images: temperature 0.500",
+        "test accuracy 99.45% (55 errors / 10000)"]
     kept = {"epoch": 2, "val_accuracy": 0.9940, "calibration": {"temperature": 0.5}}
-    assert train.summary(kept, history, tested, Path("runs")).splitlines()[0].endswith(
-        "validation accuracy 99.40%, the best")
+    assert train.summary(kept, history, tested, Path("runs")).splitlines()[1] == \
+        "its validation accuracy 99.40% is the best"
     unvalidated = [row | {"val_accuracy": None} for row in history]
     lines = train.summary({"epoch": 3, "val_accuracy": None}, unvalidated, tested,
                           Path("runs")).splitlines()
-    assert lines[0].endswith("best_model.pth: the last epoch")
+    assert lines[0] == f"kept epoch 3, the last, in {saved}"
     assert lines[1].startswith("no validation images: probabilities are not calibrated")
 
 
