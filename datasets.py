@@ -345,11 +345,11 @@ class Batches:
             else:
                 index = order[start:stop]
                 x, y = self.images[index], self.labels[index]
-            # Drawn per whole batch (a pass's fields would fill hundreds of MB), then sliced
-            displacement = (random_displacements(whole_stop - whole_start, self.generator,
-                                                 self.elastic, device)[start - whole_start:
-                                                                       stop - whole_start]
-                            if self.elastic else None)
+            displacement = None
+            if self.elastic:    # drawn per whole batch (a pass's would fill hundreds of MB)
+                fields = random_displacements(whole_stop - whole_start, self.generator,
+                                              self.elastic, device)
+                displacement = fields[start - whole_start:stop - whole_start]
             if theta is not None:
                 x = warp(x, theta[start:stop], displacement)
             yield (x - self.mean) / self.std, y

@@ -528,11 +528,13 @@ def summary(kept: dict, history: list[dict], tested: engine.Result, save_dir: Pa
         which = f"kept epoch {kept['epoch']}, the last, in {save_dir}/best_model.pth"
     else:
         best = max(history, key=lambda row: row["val_accuracy"])
-        which = (f"kept epoch {kept['epoch']} in {save_dir}/best_model.pth\nits validation "
-                 f"accuracy {kept['val_accuracy']:.2%} is " + (
-                     "the best" if kept["val_accuracy"] == best["val_accuracy"] else
-                     f"within a standard error of the best ({best['val_accuracy']:.2%} at "
-                     f"epoch {best['epoch']})"))
+        within = kept["hparams"]["keep_within"]
+        why = ("the best" if kept["val_accuracy"] == best["val_accuracy"] else
+               f"within {'a' if within == 1 else f'{within:g}'} standard error"
+               f"{'' if within == 1 else 's'} of the best ({best['val_accuracy']:.2%} at epoch "
+               f"{best['epoch']})")
+        which = (f"kept epoch {kept['epoch']} in {save_dir}/best_model.pth\n"
+                 f"its validation accuracy {kept['val_accuracy']:.2%} is {why}")
     calibrated = (f"probabilities calibrated on the validation images: temperature "
                   f"{kept['calibration']['temperature']:.3f}" if "calibration" in kept else
                   "no validation images: probabilities are not calibrated, and nothing is "
