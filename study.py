@@ -230,9 +230,8 @@ COLUMNS = [("val_accuracy", "val acc"), ("test_accuracy", "test acc"),
            ("last_test_accuracy", "last epoch's test acc")]
 
 
-def table(study: Study) -> str:
-    done = study.rows()
-    rows = [done[seed] for seed in study.seeds]
+def table(rows: list[dict]) -> str:
+    """The finished seeds' ``rows`` and their mean, standard error, min and max, as text."""
     lines = [f"{'seed':>6} {'kept epoch':>10} " + " ".join(f"{h:>{max(9, len(h))}}"
                                                          for _, h in COLUMNS)]
 
@@ -331,10 +330,11 @@ def main(argv=None) -> None:
                   f"others keep their last epoch; continue with: python study.py --resume "
                   f"--save-dir {study.folder}{again}", file=sys.stderr)
             sys.exit(128 + stop.signum)
-    print(table(study))
+    done = study.rows()
+    print(table([done[seed] for seed in study.seeds]))
     histories = {seed: load_checkpoint(study.run_dir(seed) / "last.pth")["history"]
                  for seed in study.seeds}
-    kept = {seed: int(row["kept_epoch"]) for seed, row in study.rows().items()}
+    kept = {seed: int(done[seed]["kept_epoch"]) for seed in study.seeds}
     plots.study_curves(histories, kept, f"{command}: {len(study.seeds)} seeds",
                        study.folder / "curves.png")
     print(f"table in {study.folder / TABLE}, every run's curves in {study.folder / 'curves.png'}")
