@@ -528,8 +528,10 @@ def summary(kept: dict, history: list[dict], tested: engine.Result, save_dir: Pa
         which = f"kept epoch {kept['epoch']}, the last, in {save_dir}/best_model.pth"
     else:
         best = max(history, key=lambda row: row["val_accuracy"])
+        # The history's accuracies are rounded (history.csv); compare the kept epoch's own row.
+        row = next(row for row in history if row["epoch"] == kept["epoch"])
         within = kept["hparams"]["keep_within"]
-        why = ("the best" if kept["val_accuracy"] == best["val_accuracy"] else
+        why = ("the best" if row["val_accuracy"] == best["val_accuracy"] else
                f"within {'a' if within == 1 else f'{within:g}'} standard error"
                f"{'' if within == 1 else 's'} of the best ({best['val_accuracy']:.2%} at epoch "
                f"{best['epoch']})")

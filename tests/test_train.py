@@ -59,26 +59,28 @@ def test_log_has_one_aligned_line_per_epoch_and_the_test_result(smoke_run):
 
 
 def test_the_last_lines_say_which_epoch_was_kept_and_why():
-    history = [{"epoch": epoch, "val_accuracy": accuracy}
-               for epoch, accuracy in enumerate([0.9900, 0.9940, 0.9932], 1)]
+    # As a run holds them: the history rounded to six places, the checkpoint's value exact.
+    correct = [4950, 4970, 4966]
+    history = [{"epoch": epoch, "val_accuracy": round(n / 4999, 6)}
+               for epoch, n in enumerate(correct, 1)]
     tested = engine.Result(loss=0.02, correct=9945, total=10000)
-    kept = {"epoch": 3, "val_accuracy": 0.9932, "calibration": {"temperature": 0.5},
+    kept = {"epoch": 3, "val_accuracy": 4966 / 4999, "calibration": {"temperature": 0.5},
             "hparams": {"keep_within": 1.0}}
     saved = Path("runs") / "best_model.pth"
     assert train.summary(kept, history, tested, Path("runs")).splitlines() == [
         f"kept epoch 3 in {saved}",
-        "its validation accuracy 99.32% is within a standard error of the best (99.40% at "
+        "its validation accuracy 99.34% is within a standard error of the best (99.42% at "
         "epoch 2)",
         "probabilities calibrated on the validation images: temperature 0.500",
         "test accuracy 99.45% (55 errors / 10000)"]
     assert train.summary(kept | {"hparams": {"keep_within": 2.5}}, history, tested,
                          Path("runs")).splitlines()[1] == (
-        "its validation accuracy 99.32% is within 2.5 standard errors of the best (99.40% at "
+        "its validation accuracy 99.34% is within 2.5 standard errors of the best (99.42% at "
         "epoch 2)")
-    kept = {"epoch": 2, "val_accuracy": 0.9940, "calibration": {"temperature": 0.5},
+    kept = {"epoch": 2, "val_accuracy": 4970 / 4999, "calibration": {"temperature": 0.5},
             "hparams": {"keep_within": 1.0}}
     assert train.summary(kept, history, tested, Path("runs")).splitlines()[1] == \
-        "its validation accuracy 99.40% is the best"
+        "its validation accuracy 99.42% is the best"
     unvalidated = [row | {"val_accuracy": None} for row in history]
     lines = train.summary({"epoch": 3, "val_accuracy": None}, unvalidated, tested,
                           Path("runs")).splitlines()
