@@ -79,10 +79,11 @@ def fit(model: LeNet5, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """Everything a reading needs to be trusted, from normalized (images, labels) of the
     training and validation splits: the temperature, the S4 class means and shared precision
-    of the training images, and the validation digits' scores that set the refusal limit.
+    of the training digits (pictures of ``engine.NO_CLASS`` left out), and the validation digits' scores that set the refusal limit.
     Only tensors and floats, so that a checkpoint holds it."""
-    train_logits, train_maps = logits_and_maps(model, train[0])
-    labels = train[1].cpu()
+    digits = (train[1] != engine.NO_CLASS).cpu()     # not the drawn non-digits of training
+    train_logits, train_maps = logits_and_maps(model, train[0][digits.to(train[0].device)])
+    labels = train[1].cpu()[digits]
     classes = train_logits.shape[1]
     means = torch.stack([train_maps[labels == c].mean(0) for c in range(classes)])
     centred = train_maps - means[labels]

@@ -16,6 +16,11 @@ from net import LeNet5
 # test set 1.4x faster than 2,000 (docs/speed.md).
 EVAL_BATCH_SIZE = 1000
 DEVICES = ("auto", "cpu", "cuda", "mps")
+# A training picture labelled NO_CLASS holds none of the classes (a letter among digits,
+# outliers.py): its loss is the cross-entropy to the uniform distribution, weighted by
+# NO_CLASS_WEIGHT against a labelled picture's (outlier exposure, Hendrycks et al. 2019).
+NO_CLASS = -1
+NO_CLASS_WEIGHT = 0.5
 
 
 class DeviceError(cli.Problem):
@@ -109,17 +114,27 @@ def _forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: b
                         cache_enabled=not graphed):
         logits = model(x)
         # A process whose slice of a short last batch is empty still joins DDP's gradient sum.
-        loss = (F.cross_entropy(logits, y, label_smoothing=label_smoothing) if len(y) else
-                logits.sum() * 0)
+        loss = _loss(logits, y, label_smoothing) if len(y) else logits.sum() * 0
     (loss if weight == 1.0 else loss * weight).backward()
     return loss.detach(), logits.detach()
 
 
-def _add_to_totals(loss_sum: torch.Tensor, correct: torch.Tensor, loss: torch.Tensor,
-                   logits: torch.Tensor, y: torch.Tensor) -> None:
-    """Running sums on the device (in place, so a CUDA graph can capture them too)."""
+def _loss(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """The batch's mean loss: (smoothed) cross-entropy for a labelled picture, the weighted
+    cross-entropy to the uniform distribution for a picture of NO_CLASS."""
+    labelled = F.cross_entropy(logits, y.clamp(min=0), label_smoothing=label_smoothing,
+                               reduction="none")
+    uniform = -logits.float().log_softmax(1).mean(1)
+    return torch.where(y == NO_CLASS, NO_CLASS_WEIGHT * uniform, labelled).mean()
+
+
+def _add_to_totals(loss_sum: torch.Tensor, correct: torch.Tensor, labelled: torch.Tensor,
+                   loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Running sums on the device (in place, so a CUDA graph can capture them too): the loss
+    over all pictures, the accuracy over the labelled ones."""
     loss_sum += loss * len(y)
     correct += (logits.argmax(1) == y).sum()
+    labelled += (y != NO_CLASS).sum()
 
 
 class _GraphedStep:
@@ -134,8 +149,8 @@ class _GraphedStep:
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 loss_sum: torch.Tensor, correct: torch.Tensor, amp: bool,
-                 label_smoothing: float):
+                 loss_sum: torch.Tensor, correct: torch.Tensor, labelled: torch.Tensor,
+                 amp: bool, label_smoothing: float):
         self.x, self.y = x.clone(), y.clone()      # the graph reads its batch from here
         side = torch.cuda.Stream()                 # capture wants a warmed-up side stream
         side.wait_stream(torch.cuda.current_stream())
@@ -148,7 +163,7 @@ class _GraphedStep:
         with torch.cuda.graph(self.graph):
             loss, logits = _forward_backward(model, self.x, self.y, amp, label_smoothing,
                                              graphed=True)
-            _add_to_totals(loss_sum, correct, loss, logits, self.y)
+            _add_to_totals(loss_sum, correct, labelled, loss, logits, self.y)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
         self.x.copy_(x)
@@ -158,14 +173,15 @@ class _GraphedStep:
 
 def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                    on_step: Callable[[int, torch.Tensor, torch.Tensor, int], None] | None = None,
+                    on_step: Callable[..., None] | None = None,
                     amp: bool = False, cuda_graph: bool = True, label_smoothing: float = 0.0,
                     ema: EMA | None = None) -> Result:
     """One pass over ``batches``; ``scheduler``, if given, is stepped after every batch.
 
     Loss and correct counts are summed on the device and read once at the end, so the loop
-    never waits for the device. ``on_step(batch_size, loss_sum, correct, seen)`` is called after
-    each step with those running device tensors (reading them is the caller's choice).
+    never waits for the device. ``on_step(batch_size, loss_sum, correct, labelled, seen)`` is
+    called after each step with those running device tensors (reading them is the caller's
+    choice) and the pictures seen; the accuracy is over the ``labelled`` ones (not NO_CLASS).
     ``amp`` runs the forward pass in bfloat16 autocast (no loss scaling needed for bfloat16).
     ``cuda_graph``: on a CUDA device, replay full-size batches from a CUDA graph (``_GraphedStep``);
     ignored elsewhere. Pass False for a ``torch.compile``d model, which manages its own.
@@ -181,6 +197,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    labelled = torch.zeros((), dtype=torch.long, device=device)
     graphed = None
     seen = 0
     parts = getattr(batches, "parts", 1)
@@ -188,14 +205,15 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     for x, y in batches:
         weight = parts * len(y) / next(sizes) if sizes else 1.0
         if cuda_graph and device.type == "cuda" and graphed is None:
-            graphed = _GraphedStep(model, x, y, loss_sum, correct, amp, label_smoothing)
+            graphed = _GraphedStep(model, x, y, loss_sum, correct, labelled, amp,
+                                   label_smoothing)
         if graphed is not None and x.shape == graphed.x.shape:
             graphed(x, y)
         else:
             # Zeroed in place: with a graph, these gradient tensors are the ones it writes.
             optimizer.zero_grad(set_to_none=graphed is None)
             loss, logits = _forward_backward(model, x, y, amp, label_smoothing, weight=weight)
-            _add_to_totals(loss_sum, correct, loss, logits, y)
+            _add_to_totals(loss_sum, correct, labelled, loss, logits, y)
         optimizer.step()
         if ema is not None:
             ema.update(model)
@@ -203,11 +221,11 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
             scheduler.step()
         seen += len(y)
         if on_step is not None:
-            on_step(len(y), loss_sum, correct, seen)
+            on_step(len(y), loss_sum, correct, labelled, seen)
     if parts > 1:
         seen = torch.tensor(seen, device=device)
-        _sum_over_processes(loss_sum, correct, seen)
-    return Result(loss_sum.item() / int(seen), int(correct.item()), int(seen))
+        _sum_over_processes(loss_sum, correct, labelled, seen)
+    return Result(loss_sum.item() / int(seen), int(correct.item()), int(labelled.item()))
 
 
 def _sum_over_processes(*tensors: torch.Tensor) -> None:

@@ -305,6 +305,12 @@ def prepare(image: Image.Image) -> torch.Tensor:
     box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
     digit = thinned(ink[box], keep[box])
     digit = digit / digit.quantile(0.99).clamp(min=MIN_CONTRAST)    # MNIST strokes saturate
+    return framed(digit)
+
+
+def framed(digit: torch.Tensor) -> torch.Tensor:
+    """A cropped digit (light on black, in [0, 1]) as MNIST frames one: its longer side scaled
+    to 20 px, its centre of mass at the centre of 28x28."""
     scale = DIGIT_SIZE / max(digit.shape)
     shape = [max(1, round(s * scale)) for s in digit.shape]
     digit = F.interpolate(digit[None, None], size=shape, mode="bilinear", antialias=True,

@@ -31,6 +31,7 @@ import confidence
 import datasets
 import ddp
 import engine
+import outliers
 import plots
 from atomic import write_atomic
 from checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
@@ -54,6 +55,9 @@ AUGMENT = True           # random rotation, scale, shear and shift of each train
 AUGMENT_STRENGTH = None  # range scale, 1: 15 deg, 15 %, 10 deg shear, 3 px (None: the set's own)
 FLIP = None              # also mirror half the images left to right (None: the set's own)
 ELASTIC = 0.0            # with AUGMENT: an elastic distortion of this many pixels (0: none)
+# Pictures of no digit (letters, signs, shapes, scribbles) trained to read as no class, so that
+# an A is not a sure 4 (outlier exposure, outliers.py; docs/trust.md). Digit sets only.
+OUTLIERS = 0.1           # drawn non-digits added, as a share of the training digits (0: none)
 LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
 EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
 VAL_SIZE = 5000          # images held out of the 60,000 to pick the epoch kept (0: keep the last)
@@ -90,6 +94,7 @@ CHECKS = {
     "augment_strength": dict(type=ranged(float, 0, 2)),
     "flip": dict(action=argparse.BooleanOptionalAction),
     "elastic": dict(type=ranged(float, 0, 100)),
+    "outliers": dict(type=ranged(float, 0, 1)),
     "label_smoothing": dict(type=ranged(float, 0, 1, high_open=True)),
     "ema_decay": dict(type=ranged(float, 0, 1, high_open=True)),
     "val_size": dict(type=ranged(int, 0, datasets.TRAIN_SIZE - 1)),
@@ -224,7 +229,7 @@ def adopt_saved_settings(args: argparse.Namespace, state: dict, device: torch.de
                              f"with --device {state['device']}")
     # Runs saved before these settings existed trained MNIST without them.
     saved = ({"label_smoothing": 0.0, "ema_decay": 0.0, "dataset": "mnist", "flip": False,
-              "keep_within": 0.0, "elastic": 0.0} | state["hparams"])
+              "keep_within": 0.0, "elastic": 0.0, "outliers": 0.0} | state["hparams"])
     for name in sorted(args.given - {"epochs"}):
         if getattr(args, name) != saved[name]:
             raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} conflicts "
@@ -257,8 +262,14 @@ def make_batches(args, device: torch.device, generator: torch.Generator, world: 
     if val_size >= len(labels):
         raise cli.UsageError(f"--val-size {val_size} leaves no images to train on")
     train_idx, val_idx = datasets.train_val_split(len(labels), val_size, args.seed)
+    train_images, train_labels = images[train_idx], labels[train_idx]
+    if args.outliers and datasets.DATASETS[args.dataset].digits:
+        drawn = outliers.drawings(round(args.outliers * len(train_idx)), args.seed)
+        train_images = torch.cat([train_images, drawn])
+        train_labels = torch.cat([train_labels, drawn.new_full((len(drawn),), engine.NO_CLASS,
+                                                               dtype=torch.long)])
     part = (world.rank, world.size)
-    train_batches = datasets.Batches(images[train_idx], labels[train_idx], args.batch_size,
+    train_batches = datasets.Batches(train_images, train_labels, args.batch_size,
                                      device, mean, std, shuffle=True, generator=generator,
                                      augment=args.augment_strength if args.augment else 0.0,
                                      flip=args.augment and args.flip,
@@ -341,11 +352,12 @@ def write_history(path: Path, history: list[dict]) -> None:
     write_atomic(path, lambda f: f.write(text.getvalue().encode()))
 
 
-def show_progress(bar: tqdm, batch_size: int, loss_sum, correct, seen: int) -> None:
+def show_progress(bar: tqdm, batch_size: int, loss_sum, correct, labelled, seen: int) -> None:
     """``train_one_epoch``'s per-step callback: advance the bar, show running figures."""
     bar.update(1)
     if not bar.disable and bar.n % 25 == 0:   # reading the device costs a sync
-        bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.2%}")
+        bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}",
+                        acc=f"{correct.item() / max(1, labelled.item()):.2%}")
 
 
 def fmt(result: engine.Result | None, field: str, pattern: str) -> str:
@@ -514,8 +526,10 @@ def heading(args: argparse.Namespace, world: ddp.World, device: torch.device,
     threads = torch.get_num_threads()
     processes = (f", {world.size} processes of {threads} thread{'' if threads == 1 else 's'}"
                  if world.size > 1 else "")
-    return (f"training LeNet-5 on {len(train_batches.labels):,} "
-            f"{datasets.DATASETS[args.dataset].title} images (validation "
+    drawn = int((train_batches.labels == engine.NO_CLASS).sum())
+    return (f"training LeNet-5 on {len(train_batches.labels) - drawn:,} "
+            f"{datasets.DATASETS[args.dataset].title} images"
+            f"{f' and {drawn:,} drawn non-digits' if drawn else ''} (validation "
             f"{len(val_batches.labels) if val_batches else 0:,}) on {device.type} for "
             f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}{processes}\n"
             f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "

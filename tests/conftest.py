@@ -231,3 +231,17 @@ def reader() -> Path:
     """A model that reads digits as well as the default recipe makes them (see
     tests/data/README.md): for the typed-digit set and the drawing page."""
     return ROOT / "tests" / "data" / "lenet5-mnist.pth"
+
+
+def check_mnist_like(x, peak=0.9):
+    """``x`` is framed as MNIST frames a digit: light on black, about 20 px, centred."""
+    assert x.shape == (28, 28) and x.min() >= 0 and x.max() <= 1
+    ring = torch.ones(28, 28, dtype=torch.bool)
+    ring[3:-3, 3:-3] = False
+    assert x[ring].mean() < 0.03 and x[~ring].max() > peak      # light digit, dark around it
+    rows, cols = (x > 0.05).nonzero().unbind(1)
+    extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
+    assert 18 <= extent <= 22, extent                           # longer side about 20 px
+    ys, xs = torch.arange(28.0), torch.arange(28.0)
+    com = ((x.sum(1) * ys).sum() / x.sum(), (x.sum(0) * xs).sum() / x.sum())
+    assert all(abs(c - 13.5) <= 1 for c in com), com          # centre of mass at the centre

@@ -175,18 +175,31 @@ STROKES = {"A": [[(80, 240), (140, 40), (200, 240)], [(105, 165), (175, 165)]],
 PEN = 23                      # the drawing page's pen on its pad
 
 
-def _drawn_letter(rng):
-    """A letter drawn with the page's pen, at some size and place, each point a little off."""
-    page, ink = _pad(rng)
-    draw, scale = ImageDraw.Draw(page), rng.uniform(0.4, 1.0)
-    left, top = rng.uniform(0, SIZE * (1 - scale)), rng.uniform(0, SIZE * (1 - scale))
-    for stroke in rng.choice(list(STROKES.values())):
-        points = [(left + scale * (x + rng.uniform(-12, 12)), top + scale * (y + rng.uniform(-12, 12)))
-                  for x, y in stroke]
+def draw_letter(page: Image.Image, ink: int, letter: str, place) -> Image.Image:
+    """``letter`` of STROKES drawn on ``page`` with the page's pen, each point moved by
+    ``place(x, y)``."""
+    draw = ImageDraw.Draw(page)
+    for stroke in STROKES[letter]:
+        points = [place(x, y) for x, y in stroke]
         draw.line(points, fill=ink, width=PEN, joint="curve")
         for x, y in (points[0], points[-1]):        # the pen's round ends
             draw.ellipse([x - PEN / 2, y - PEN / 2, x + PEN / 2, y + PEN / 2], fill=ink)
     return page
+
+
+def upright_letter(letter: str) -> Image.Image:
+    """``letter`` as a person draws it on the page to try it: upright, filling the pad."""
+    return draw_letter(Image.new("L", (SIZE, SIZE), 255), 0, letter, lambda x, y: (x, y))
+
+
+def _drawn_letter(rng):
+    """A letter drawn with the page's pen, at some size and place, each point a little off."""
+    page, ink = _pad(rng)
+    scale = rng.uniform(0.4, 1.0)
+    left, top = rng.uniform(0, SIZE * (1 - scale)), rng.uniform(0, SIZE * (1 - scale))
+    return draw_letter(page, ink, rng.choice(list(STROKES)),
+                       lambda x, y: (left + scale * (x + rng.uniform(-12, 12)),
+                                     top + scale * (y + rng.uniform(-12, 12))))
 
 
 KINDS = {"noise": _noise, "blurred texture": _texture, "stripes": _stripes,

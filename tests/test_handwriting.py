@@ -15,7 +15,7 @@ import handwriting
 import photos
 import datasets
 from checkpoint import load_checkpoint, model_from_checkpoint
-from conftest import ROOT
+from conftest import ROOT, check_mnist_like
 from net import LeNet5
 
 TEST_IMAGES, TEST_LABELS = datasets.load(ROOT / "data", "test")
@@ -51,19 +51,6 @@ def transparent(index):
     rgba = Image.new("RGBA", (240, 260), (0, 0, 0, 0))
     rgba.paste(Image.new("RGBA", (200, 200), (0, 0, 0, 255)), (30, 20), mask=digit)
     return rgba
-
-
-def check_mnist_like(x, peak=0.9):
-    assert x.shape == (28, 28) and x.min() >= 0 and x.max() <= 1
-    ring = torch.ones(28, 28, dtype=torch.bool)
-    ring[3:-3, 3:-3] = False
-    assert x[ring].mean() < 0.03 and x[~ring].max() > peak      # light digit, dark around it
-    rows, cols = (x > 0.05).nonzero().unbind(1)
-    extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1
-    assert 18 <= extent <= 22, extent                           # longer side about 20 px
-    ys, xs = torch.arange(28.0), torch.arange(28.0)
-    com = ((x.sum(1) * ys).sum() / x.sum(), (x.sum(0) * xs).sum() / x.sum())
-    assert all(abs(c - 13.5) <= 1 for c in com), com          # centre of mass at the centre
 
 
 def save_and_open(picture, tmp_path, name):

@@ -169,18 +169,22 @@ def test_a_run_saved_before_later_settings_existed_resumes_without_them(tmp_path
     """Smoothing, the weight average, data sets and flips came later: an older last.pth
     lacks them and trained MNIST without them."""
     assert run_main(train, "--subset", "600", "--epochs", "1", "--label-smoothing", "0",
-                    "--ema-decay", "0", "--save-dir", tmp_path).returncode == 0
+                    "--ema-decay", "0", "--keep-within", "0", "--elastic", "0", "--outliers",
+                    "0", "--save-dir", tmp_path).returncode == 0
     path = tmp_path / "last.pth"
     state = torch.load(path, weights_only=True)
-    for name in ("label_smoothing", "ema_decay", "dataset", "flip"):
+    later = ("label_smoothing", "ema_decay", "dataset", "flip", "keep_within", "elastic",
+             "outliers")
+    for name in later:
         del state["hparams"][name]
     del state["train_weights"], state["ema_updates"], state["dataset"]
     torch.save(state, path)
     result = run_main(train, "--resume", "--epochs", "2", "--save-dir", tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "drawn non-digits" not in result.stdout
     resumed = torch.load(path, weights_only=True)
-    names = ("label_smoothing", "ema_decay", "dataset", "flip", "epochs")
-    assert [resumed["hparams"][name] for name in names] == [0.0, 0.0, "mnist", False, 2]
+    assert [resumed["hparams"][name] for name in (*later, "epochs")] == [
+        0.0, 0.0, "mnist", False, 0.0, 0.0, 0.0, 2]
     assert resumed["dataset"] == "mnist"
 
 

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 import datasets
+import ddp
 import engine
 import train
 from conftest import ROOT, SMOKE, assert_one_line_error, next_line, run_main
@@ -46,7 +47,8 @@ def test_smoke_run_writes_a_self_describing_checkpoint(trained):
 
 def test_log_has_one_aligned_line_per_epoch_and_the_test_result(smoke_run):
     out = smoke_run[1].stdout
-    assert "training LeNet-5 on 2,750 MNIST images (validation 250) on cpu for 2 epochs" in out
+    assert ("training LeNet-5 on 2,750 MNIST images and 275 drawn non-digits (validation 250) "
+            "on cpu for 2 epochs") in out
     epoch_lines = [line for line in out.splitlines() if re.match(r"\s+\d+\s+\d", line)]
     assert len(epoch_lines) == 2
     assert len({len(line.removesuffix("  best")) for line in epoch_lines}) == 1      # aligned
@@ -116,6 +118,24 @@ def test_the_elastic_distortion_reaches_training_and_is_saved(tmp_path):
     assert torch.load(tmp_path / "10" / "last.pth", weights_only=True)["hparams"]["elastic"] == 10
     assert not torch.equal(weights(tmp_path / "0" / "last.pth")["net.0.weight"],
                            weights(tmp_path / "10" / "last.pth")["net.0.weight"])
+
+
+def test_drawn_non_digits_join_the_training_digits_only(tmp_path):
+    """A tenth as many drawn non-digits as training digits, labelled as no class, in training
+    only; none with --outliers 0 (nor for sets that are not digits: the other sets' runs)."""
+    def training_labels(*flags):
+        args = train.parse_args(["--subset", "1200", *flags])     # 1,100 + 100 validation
+        batches = train.make_batches(args, torch.device("cpu"), torch.Generator(),
+                                     ddp.World())
+        return batches[0].labels, batches[1].labels
+    labels, val = training_labels()
+    assert int((labels == engine.NO_CLASS).sum()) == 110 and len(labels) == 1210
+    assert (val != engine.NO_CLASS).all()
+    assert (training_labels("--outliers", "0")[0] != engine.NO_CLASS).all()
+    assert int((training_labels("--outliers", "0.5")[0] == engine.NO_CLASS).sum()) == 550
+    assert run_main(train, "--subset", "600", "--epochs", "1", "--outliers", "0.25",
+                    "--device", "cpu", "--save-dir", tmp_path).returncode == 0
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["hparams"]["outliers"] == 0.25
 
 
 def test_the_weight_average_is_what_is_validated_and_saved(trained, tmp_path):
