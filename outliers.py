@@ -1,4 +1,5 @@
-"""Pictures that hold no digit, drawn as a pen draws: letters, signs, shapes, faces, scribbles.
+"""Pictures that hold no digit, drawn as a pen draws: letters, signs, shapes, faces, scribbles,
+zigzags.
 
 Outlier exposure (Hendrycks et al. 2019): mixed into the training digits with the label
 ``engine.NO_CLASS``, each is trained towards no class at all (the uniform distribution over the
@@ -74,11 +75,21 @@ def _scribble(rng: random.Random) -> list[list[tuple[float, float]]]:
              for i in range(rng.randint(30, 70))]]
 
 
+def _zigzag(rng: random.Random) -> list[list[tuple[float, float]]]:
+    """A zigzag of five to eight strokes, across or down (fewer could be a Z, that is a 2)."""
+    turns = rng.randint(6, 9)
+    points = [((1 if i % 2 else -1) * rng.uniform(0.5, 0.9), -0.9 + 1.8 * i / (turns - 1))
+              for i in range(turns)]
+    return [points if rng.random() < 0.5 else [(y, x) for x, y in points]]
+
+
 def _strokes(rng: random.Random) -> list[list[tuple[float, float]]]:
     kind = rng.random()
-    if kind < 0.7:
+    if kind < 0.6:
         return rng.choice(list(LETTERS.values()))
-    return rng.choice(list(SHAPES.values())) if kind < 0.9 else _scribble(rng)
+    if kind < 0.8:
+        return rng.choice(list(SHAPES.values()))
+    return _scribble(rng) if kind < 0.9 else _zigzag(rng)
 
 
 def drawing(rng: random.Random, strokes: list | None = None) -> torch.Tensor:
