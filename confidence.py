@@ -79,7 +79,8 @@ def fit(model: LeNet5, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """Everything a reading needs to be trusted, from normalized (images, labels) of the
     training and validation splits: the temperature, the S4 class means and shared precision
-    of the training digits (pictures of ``engine.NO_CLASS`` left out), and the validation digits' scores that set the refusal limit.
+    of the training digits (pictures of ``engine.NO_CLASS`` left out), and the validation
+    digits' scores that set the refusal limit.
     Only tensors and floats, so that a checkpoint holds it."""
     digits = (train[1] != engine.NO_CLASS).cpu()     # not the drawn non-digits of training
     train_logits, train_maps = logits_and_maps(model, train[0][digits.to(train[0].device)])

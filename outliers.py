@@ -3,9 +3,10 @@ zigzags.
 
 Outlier exposure (Hendrycks et al. 2019): mixed into the training digits with the label
 ``engine.NO_CLASS``, each is trained towards no class at all (the uniform distribution over the
-ten), so that the network itself learns that an A is not a 4. A network that has only seen digits reads an upright A, H or Y as
-a sure 4, and no score computed from its layers tells them apart (docs/trust.md). Only what no
-one writes for a digit is drawn here: no O, I, S, Z, b, g or q, and no lone circle or stroke.
+ten), so that the network itself learns that an A is not a 4. A network that has only seen
+digits reads an upright A, H or Y as a sure 4, and no score computed from its layers tells them
+apart (docs/trust.md). Only what no one writes for a digit is drawn here: no O, I, S, Z, b, g
+or q, and no lone circle or stroke.
 """
 import math
 import random

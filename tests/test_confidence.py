@@ -5,8 +5,10 @@ import torch
 
 import confidence
 import datasets
+import engine
 import handwriting
 import nondigits
+import outliers
 from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import ROOT
 
@@ -70,6 +72,30 @@ def test_pictures_without_a_digit_are_refused(nondigit_readings):
     assert refused >= 0.9 * len(nondigit_readings), refused
     for kind in ("noise", "blurred texture", "checkerboard", "dot", "hatching"):
         assert all(r for k, r in nondigit_readings if k == kind), kind
+
+
+def test_the_rule_is_fitted_on_the_training_digits_alone(shipped):
+    """The drawn non-digits among the training pictures belong to no class's mean."""
+    checkpoint, reader = shipped
+    digits = normalized(checkpoint, TEST_IMAGES[:1000].float() / 255), TEST_LABELS[:1000]
+    drawn = normalized(checkpoint, outliers.drawings(200, seed=0).float() / 255)
+    val = normalized(checkpoint, TEST_IMAGES[1000:2000].float() / 255), TEST_LABELS[1000:2000]
+    alone = confidence.fit(reader.model, digits, val)
+    labels = torch.cat([digits[1], torch.full((200,), engine.NO_CLASS)])
+    mixed = confidence.fit(reader.model, (torch.cat([digits[0], drawn]), labels), val)
+    for name in ("means", "precision", "typical_distance"):
+        assert torch.equal(alone[name], mixed[name]), name
+
+
+def test_letters_drawn_upright_and_large_are_refused(shipped):
+    """As a person tries the page: a network that has seen only digits read A, H and Y as a
+    sure 4 and R as an 8; the drawn non-digits of training (outliers.py) teach it otherwise."""
+    checkpoint, reader = shipped
+    letters = list(nondigits.STROKES)
+    prepared = torch.stack([handwriting.prepare(nondigits.upright_letter(letter))
+                            for letter in letters])
+    read = reader.read(normalized(checkpoint, prepared))
+    assert [letter for letter, r in zip(letters, read) if r.digit] == []
 
 
 def test_a_checkpoint_without_calibration_reads_with_temperature_one(shipped):
