@@ -82,9 +82,9 @@ def fit(model: LeNet5, train: tuple[torch.Tensor, torch.Tensor],
     of the training digits (pictures of ``engine.NO_CLASS`` left out), and the validation
     digits' scores that set the refusal limit.
     Only tensors and floats, so that a checkpoint holds it."""
-    digits = (train[1] != engine.NO_CLASS).cpu()     # not the drawn non-digits of training
-    train_logits, train_maps = logits_and_maps(model, train[0][digits.to(train[0].device)])
-    labels = train[1].cpu()[digits]
+    digits = train[1] != engine.NO_CLASS      # not the drawn non-digits of training
+    train_logits, train_maps = logits_and_maps(model, train[0][digits])
+    labels = train[1][digits].cpu()
     classes = train_logits.shape[1]
     means = torch.stack([train_maps[labels == c].mean(0) for c in range(classes)])
     centred = train_maps - means[labels]
