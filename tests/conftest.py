@@ -17,7 +17,16 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
+
+# pytest-xdist's workers (pytest.ini) share the cores as study.py's runs do: an even share of
+# threads each, for torch in the worker and for the scripts it starts, unless one is given.
+# Set before torch is imported, which reads it once.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, len(os.sched_getaffinity(0)) // _workers)))
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
