@@ -40,7 +40,7 @@ from cli import ranged
 
 # ---- Hyperparameters: edit them here, or override one with its flag (python train.py --help) ----
 DATASET = "mnist"        # "mnist" (digits), "fashion-mnist" (clothing) or "kmnist" (hiragana)
-EPOCHS = 50              # passes over the training images
+EPOCHS = 80              # passes over the training images
 BATCH_SIZE = 64          # images per optimizer step
 OPTIMIZER = "adamw"      # "adamw" or "sgd"
 LR = 3e-3                # learning rate; the peak rate when SCHEDULER is "onecycle"
