@@ -173,7 +173,7 @@ def show_test_images(args, reader: confidence.Reader, font
         lines.append(f"{index:>5} {classes[guess]:>{guessed}} {classes[truth]:>{actual}} "
                      f"{p:>10.2%}  "
                      f"{'right' if guess == truth else 'WRONG'}")
-        tiles.append(tile(enlarged(images[row]), [f"pred {classes[guess]} ({p:.0%})",
+        tiles.append(tile(enlarged(images[row]), [f"pred {classes[guess]} ({p:.1%})",
                                                   f"true {classes[truth]}  #{index}"],
                           guess != truth, font))
     if not args.errors:

@@ -252,3 +252,21 @@ def test_layers_bad_requests_are_one_line(reader, tmp_path, args, message):
                       cwd=tmp_path)
     assert_one_line_error(result, message, code=1 if "below" in message or "missing" in
                           message else 2)
+
+
+def test_captions_say_how_sure_as_the_printed_lines_do(trained, tmp_path, monkeypatch):
+    """A tile's "pred 7 (99.8%)" is the line's confidence to a tenth: a calibrated 99.8 % is
+    not rounded to a certain 100 %."""
+    captions = []
+    drawn = show.tile
+    monkeypatch.setattr(show, "tile", lambda image, lines, *rest:
+                        captions.append(lines[0]) or drawn(image, lines, *rest))
+    result = run_main(show, "--checkpoint", trained / "best_model.pth", "--count", "20",
+                      "--out", tmp_path / "p.png")
+    assert result.returncode == 0, result.stderr
+    lines = prediction_lines(result.stdout)
+    assert len(captions) == len(lines) == 20
+    for caption, line in zip(captions, lines):
+        said = re.fullmatch(r"pred (\d) \((\d+\.\d)%\)", caption)
+        assert said and said[1] == line[2], (caption, line[0])
+        assert abs(float(said[2]) - float(line[4])) <= 0.051, (caption, line[0])
