@@ -25,6 +25,7 @@ PAPER_SMOOTHING = 8      # the paper's level is averaged over windows 1/8 the cl
 SHEET_SOLIDITY = 0.9     # a sheet fills this much of its convex outline (its ink aside)
 SHEET_COLOUR = 0.25      # a sheet of another colour than its surface differs by this
 SHEET_TRIM = 0.03        # share of a found sheet's sides cut off: its rim, the desk beyond
+SHEET_SURFACE = 0.9      # at least this much of the picture around a sheet is its surface
 BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
                          # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
@@ -201,7 +202,9 @@ def find_sheet(x: torch.Tensor, saturation: torch.Tensor) -> np.ndarray | None:
 
     A sheet is a region lighter than its surroundings or of another colour (a shadow changes
     the light, not the colour), nearly a quadrilateral, and mostly inside the photo: a region
-    cut off by a shadow or by the photo's edges runs along those edges instead.
+    cut off by a shadow or by the photo's edges runs along those edges instead. Around it lies
+    mostly its surface: where the rest is as light as the region, the region is paper cut off
+    by strokes (a digit filling the picture from edge to edge), not a sheet.
     """
     candidates = [x]
     if saturation.max() - saturation.min() > SHEET_COLOUR:
@@ -214,15 +217,16 @@ def find_sheet(x: torch.Tensor, saturation: torch.Tensor) -> np.ndarray | None:
         if not outlines:
             continue
         outline = max(outlines, key=cv2.contourArea)
-        corners = _sheet_corners(outline, gray.shape)
+        corners = _sheet_corners(outline, region)
         if corners is not None and (best is None or cv2.contourArea(outline) > best[0]):
             best = cv2.contourArea(outline), corners
     return None if best is None else best[1]
 
 
-def _sheet_corners(outline: np.ndarray, shape: tuple[int, int]) -> np.ndarray | None:
-    """The corners of ``outline`` if it can be a sheet's in a picture of ``shape``."""
-    h, w = shape
+def _sheet_corners(outline: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+    """The corners of ``outline`` if it can be a sheet's in a picture whose pixels of the
+    sheet's side of the threshold are ``region``."""
+    h, w = region.shape
     area = cv2.contourArea(outline)
     if not 0.05 * h * w < area < 0.92 * h * w:
         return None
@@ -230,6 +234,10 @@ def _sheet_corners(outline: np.ndarray, shape: tuple[int, int]) -> np.ndarray | 
     on_edge = ((points[:, 0] <= 1) | (points[:, 0] >= w - 2) |
                (points[:, 1] <= 1) | (points[:, 1] >= h - 2)).mean()
     if on_edge > 0.5 or area < SHEET_SOLIDITY * cv2.contourArea(cv2.convexHull(outline)):
+        return None
+    inside = np.zeros_like(region)
+    cv2.drawContours(inside, [outline], -1, 255, cv2.FILLED)
+    if (region[inside == 0] > 0).mean() > 1 - SHEET_SURFACE:     # paper, not its surface
         return None
     return _corners(outline)
 

@@ -334,3 +334,38 @@ def test_a_page_filling_the_photo_is_no_sheet(paper):
     x = torch.from_numpy(x[..., 0].astype(np.float32))
     small = handwriting._shrink(x, handwriting.WORK_SIZE)
     assert handwriting.find_sheet(small, torch.zeros_like(small)) is None
+
+
+def cropped_to_the_digit(index, margin=0):
+    """MNIST test digit ``index`` dark on white, as a photo cropped to the digit's own edges
+    (``margin`` px of paper around it), 280 px on its longer side."""
+    digit = TEST_IMAGES[index].numpy()
+    rows, cols = np.nonzero(digit > 30)
+    crop = Image.fromarray(255 - digit[rows.min():rows.max() + 1, cols.min():cols.max() + 1])
+    scale = 280 / max(crop.size)
+    crop = crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.BICUBIC)
+    page = Image.new("L", (crop.width + 2 * margin, crop.height + 2 * margin), 255)
+    page.paste(crop, (margin, margin))
+    return page
+
+
+def test_a_digit_cropped_to_its_own_edges_is_no_sheet(reader):
+    """Strokes from edge to edge cut the paper into pieces; the largest piece (below a 7's bar,
+    say) is a light quadrilateral mostly inside the picture, but the rest of the picture is
+    paper too, not a desk around a sheet. Read as the same digits with a margin are."""
+    indices = range(300)
+    for index in indices:
+        picture = cropped_to_the_digit(index)
+        x = handwriting._shrink(handwriting.grayscale(picture), handwriting.WORK_SIZE)
+        assert handwriting.find_sheet(x, torch.zeros_like(x)) is None, index
+    checkpoint = load_checkpoint(reader)
+    read = confidence.Reader(model_from_checkpoint(checkpoint, torch.device("cpu"), reader),
+                             checkpoint)
+    right = {}
+    for margin in (0, 40):
+        prepared = torch.stack([handwriting.prepare(cropped_to_the_digit(i, margin))
+                                for i in indices])
+        readings = read.read(read.normalized(prepared[:, None]))
+        right[margin] = sum(r.best == TEST_LABELS[i] for i, r in zip(indices, readings))
+    assert right[0] >= right[40] - 1, right
+
