@@ -26,6 +26,7 @@ SHEET_SOLIDITY = 0.9     # a sheet fills this much of its convex outline (its in
 SHEET_COLOUR = 0.25      # a sheet of another colour than its surface differs by this
 SHEET_TRIM = 0.03        # share of a found sheet's sides cut off: its rim, the desk beyond
 SHEET_SURFACE = 0.9      # at least this much of the picture around a sheet is its surface
+FRAMED = 0.3             # a region held in another's hole and this big against it: a frame
 BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
                          # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
@@ -156,6 +157,10 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     _, labels, stats, _ = cv2.connectedComponentsWithStats(mask.numpy().astype(np.uint8),
                                                            connectivity=8)
     boxes = [(x, y, x + w - 1, y + h - 1, area) for x, y, w, h, area in stats[1:].tolist()]
+    frames = _frames(labels, boxes)
+    if len(frames) < len(boxes):        # rings within rings, and nothing else: no frames
+        for frame in frames:
+            boxes[frame - 1] = (0, 0, 0, 0, 0)
     biggest = max(area for *_, area in boxes)
     left, top, right, bottom, _ = next(box for box in boxes if box[4] == biggest)
 
@@ -172,6 +177,26 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     keep = torch.from_numpy(np.isin(labels, kept))
     cells = keep.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
     return cells[:ink.shape[0], :ink.shape[1]] & full
+
+
+def _frames(labels: np.ndarray, boxes: list[tuple]) -> list[int]:
+    """The labels of regions that frame others: a printed box or a circle drawn around the
+    digit, whose hole holds a region at least FRAMED the frame's size. A speck inside a 0
+    is too small to make it a frame."""
+    frames = []
+    for label, (left, top, right, bottom, _) in enumerate(boxes, start=1):
+        inside = [other for other, (l, t, r, b, _) in enumerate(boxes, start=1)
+                  if other != label and l > left and r < right and t > top and b < bottom and
+                  max(r - l, b - t) + 1 >= FRAMED * max(right - left, bottom - top)]
+        if not inside:
+            continue
+        # The frame's holes: what the background around the picture cannot reach through it
+        outside = np.pad((labels != label).astype(np.uint8), 1)
+        cv2.floodFill(outside, None, (0, 0), 2)
+        holes = outside[1:-1, 1:-1] == 1
+        if any(holes[labels == other].all() for other in inside):
+            frames.append(label)
+    return frames
 
 
 def find_digit(x: torch.Tensor, window: int | None = None
