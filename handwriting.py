@@ -27,6 +27,8 @@ SHEET_COLOUR = 0.25      # a sheet of another colour than its surface differs by
 SHEET_TRIM = 0.03        # share of a found sheet's sides cut off: its rim, the desk beyond
 SHEET_SURFACE = 0.9      # at least this much of the picture around a sheet is its surface
 FRAMED = 0.3             # a region held in another's hole and this big against it: a frame
+BESIDE_SIZE = 0.6        # a region apart from the digit and level with it, this big against
+BESIDE_INK = 0.15        # it and with this share of its ink, is another digit beside it
 BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
                          # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
@@ -161,8 +163,8 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     if len(frames) < len(boxes):        # rings within rings, and nothing else: no frames
         for frame in frames:
             boxes[frame - 1] = (0, 0, 0, 0, 0)
-    biggest = max(area for *_, area in boxes)
-    left, top, right, bottom, _ = next(box for box in boxes if box[4] == biggest)
+    digit = max(boxes, key=lambda box: box[4])
+    left, top, right, bottom, biggest = digit
 
     def within(box, margin):
         return (box[0] >= left - margin and box[2] <= right + margin and
@@ -174,9 +176,27 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     kept = [label for label, box in enumerate(boxes, start=1)
             if within(box, max(mask.shape) * 0.05) or (box[4] >= 0.25 * biggest and
                                                        within(box, near))]
+    if any(_beside(box, digit, mask.shape)
+           for label, box in enumerate(boxes, start=1) if label not in kept):
+        raise ImageProblem("several marks of a digit's size side by side: crop the picture "
+                           "to one digit")
     keep = torch.from_numpy(np.isin(labels, kept))
     cells = keep.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
     return cells[:ink.shape[0], :ink.shape[1]] & full
+
+
+def _beside(box: tuple, digit: tuple, shape: tuple[int, int]) -> bool:
+    """Whether a region left out of the digit (``box``) is another digit beside it, as in a
+    number of several: clear of the picture's edges (where shadows and desks end), level
+    with the digit and apart from it, nearly as big and with ink enough."""
+    left, top, right, bottom, area = box
+    h, w = shape
+    return (left > 0 and top > 0 and right < w - 1 and bottom < h - 1 and
+            (right < digit[0] or left > digit[2]) and
+            min(bottom, digit[3]) - max(top, digit[1]) >= 0.5 * (bottom - top) and
+            max(right - left, bottom - top) >= BESIDE_SIZE * max(digit[2] - digit[0],
+                                                                 digit[3] - digit[1]) and
+            area >= BESIDE_INK * digit[4])
 
 
 def _frames(labels: np.ndarray, boxes: list[tuple]) -> list[int]:

@@ -75,6 +75,14 @@ def drawing(index: int) -> Image.Image:
     return digit.convert("RGBA")
 
 
+def number(*indices: int) -> Image.Image:
+    """MNIST test images side by side, a number of several digits, as a pad would send it."""
+    page = Image.new("RGBA", (280 * len(indices), 280), "white")
+    for place, index in enumerate(indices):
+        page.paste(drawing(index), (280 * place, 0))
+    return page
+
+
 def test_the_page_and_its_files_are_served_and_fetch_nothing_from_elsewhere(server):
     status, page = request(server, "GET", "/")
     assert status == 200 and b'<canvas id="pad"' in page
@@ -149,7 +157,8 @@ def truncated_png() -> bytes:
     (b"%PDF-1.4 a document", 400, "cannot read the picture: not an image"),
     (truncated_png(), 400, "cannot read the picture: image file is truncated"),
     (bytes(50_000_000), 413, "the picture is 50.0 MB; pictures up to 20 MB are read"),
-], ids=["empty", "blank", "not a GIF", "a PDF", "truncated PNG", "50 MB"])
+    (png(number(1, 2)), 400, "side by side: crop the picture to one digit"),
+], ids=["empty", "blank", "not a GIF", "a PDF", "truncated PNG", "50 MB", "a number"])
 def test_bad_input_gets_a_status_and_one_line_and_the_next_request_works(
         server, body, status, message):
     got, reply = request(server, "POST", "/api/read", body)

@@ -83,6 +83,38 @@ def test_specks_far_from_the_digit_are_ignored():
     assert (clean - dusty).abs().max() < 0.05
 
 
+def number(first: int, count: int, spacing: float) -> Image.Image:
+    """Test digits ``first``, ``first + 1`` ... in a row, each in its 224 px MNIST box (the
+    digit filling about 20/28 of it), the boxes ``spacing`` box widths apart."""
+    step = round(224 * spacing)
+    page = np.full((320, step * (count - 1) + 260), 255, np.uint8)
+    for i in range(count):                     # the ink of each, darker than the paper
+        region = page[:, step * i:step * i + 260]
+        np.minimum(region, render(first + i, size=(260, 320), at=(18, 48), zoom=8,
+                                  uneven=False, specks=False), out=region)
+    return Image.fromarray(page)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("spacing", [0.6, 0.9, 1.4])
+def test_a_number_of_several_digits_is_not_read_as_one_of_them(reader, count, spacing):
+    """Of 100 numbers (test digits 0-299), at most 5 are read as a digit: the others say to
+    crop, or (digits nearly touching, taken together) are refused as not a digit."""
+    checkpoint = load_checkpoint(reader)
+    read = confidence.Reader(model_from_checkpoint(checkpoint, torch.device("cpu"), reader),
+                             checkpoint)
+    crop, accepted = 0, 0
+    for first in range(0, 300, 3):
+        try:
+            prepared = handwriting.prepare(number(first, count, spacing))
+        except handwriting.ImageProblem as problem:
+            assert "side by side: crop the picture to one digit" in str(problem)
+            crop += 1
+            continue
+        accepted += read.read(read.normalized(prepared))[0].digit
+    assert accepted <= 5 and crop >= 70, (crop, accepted)
+
+
 def test_exif_orientation_is_honoured(tmp_path):
     picture = render(0, uneven=False, specks=False).transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
