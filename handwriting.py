@@ -151,7 +151,8 @@ def _otsu(x: torch.Tensor) -> float:
 
 
 def digit_mask(ink: torch.Tensor) -> torch.Tensor:
-    """Where the digit is: the biggest stroke region plus parts of it, without stray specks."""
+    """Where the digit is: the biggest stroke region plus parts of it, without stray specks
+    or a frame around it. Another digit beside it (a number) is an ``ImageProblem``."""
     full = ink > max(_otsu(ink), MIN_CONTRAST)
     # Regions are found on a grid of at most 64x64 cells: fast, and hairline gaps close.
     cell = -(-max(ink.shape) // 64)
