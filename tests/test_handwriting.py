@@ -100,9 +100,7 @@ def number(first: int, count: int, spacing: float) -> Image.Image:
 def test_a_number_of_several_digits_is_not_read_as_one_of_them(reader, count, spacing):
     """Of 100 numbers (test digits 0-299), at most 5 are read as a digit: the others say to
     crop, or (digits nearly touching, taken together) are refused as not a digit."""
-    checkpoint = load_checkpoint(reader)
-    read = confidence.Reader(model_from_checkpoint(checkpoint, torch.device("cpu"), reader),
-                             checkpoint)
+    read = confidence.open_reader(reader, torch.device("cpu"))
     crop, accepted = 0, 0
     for first in range(0, 300, 3):
         try:
@@ -390,9 +388,7 @@ def test_a_digit_cropped_to_its_own_edges_is_no_sheet(reader):
         picture = cropped_to_the_digit(index)
         x = handwriting._shrink(handwriting.grayscale(picture), handwriting.WORK_SIZE)
         assert handwriting.find_sheet(x, torch.zeros_like(x)) is None, index
-    checkpoint = load_checkpoint(reader)
-    read = confidence.Reader(model_from_checkpoint(checkpoint, torch.device("cpu"), reader),
-                             checkpoint)
+    read = confidence.open_reader(reader, torch.device("cpu"))
     right = {}
     for margin in (0, 40):
         prepared = torch.stack([handwriting.prepare(cropped_to_the_digit(i, margin))
@@ -420,9 +416,7 @@ def framed_digit(index, frame, width):
 def test_a_digit_in_a_box_or_a_circle_is_read_without_its_frame(reader, frame, width):
     """The frame is not part of the digit: at least 97 of 100 read right and accepted (taken
     with the digit, the frames left 95, 5, 43 and 1 of them; docs/trust.md)."""
-    checkpoint = load_checkpoint(reader)
-    read = confidence.Reader(model_from_checkpoint(checkpoint, torch.device("cpu"), reader),
-                             checkpoint)
+    read = confidence.open_reader(reader, torch.device("cpu"))
     indices = range(100)
     prepared = torch.stack([handwriting.prepare(framed_digit(i, frame, width)) for i in indices])
     readings = read.read(read.normalized(prepared[:, None]))
