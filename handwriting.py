@@ -29,6 +29,8 @@ SHEET_SURFACE = 0.9      # at least this much of the picture around a sheet is i
 FRAMED = 0.3             # a region held in another's hole and this big against it: a frame
 BESIDE_SIZE = 0.6        # a region apart from the digit and level with it, this big against
 BESIDE_INK = 0.15        # it and with this share of its ink, is another digit beside it
+UNDERLINE = 3            # a mark this many times as wide as it is high, under the digit,
+UNDER_INK = 0.9          # with this share of the ink of the marks over it above its top
 BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
                          # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
@@ -151,9 +153,10 @@ def _otsu(x: torch.Tensor) -> float:
 
 
 def digit_mask(ink: torch.Tensor) -> torch.Tensor:
-    """Where the digit is: the biggest stroke region plus parts of it, without stray specks
-    or a frame around it. Another digit beside it (a number) is an ``ImageProblem``."""
-    full = ink > max(_otsu(ink), MIN_CONTRAST)
+    """Where the digit is: the biggest stroke region plus parts of it, without stray specks,
+    a frame around it or a line under it. Another digit beside it (a number) is an
+    ``ImageProblem``."""
+    full = _without_underlines(ink > max(_otsu(ink), MIN_CONTRAST))
     # Regions are found on a grid of at most 64x64 cells: fast, and hairline gaps close.
     cell = -(-max(ink.shape) // 64)
     mask = F.max_pool2d(full.float()[None, None], cell, ceil_mode=True)[0, 0] > 0
@@ -184,6 +187,27 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     keep = torch.from_numpy(np.isin(labels, kept))
     cells = keep.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
     return cells[:ink.shape[0], :ink.shape[1]] & full
+
+
+def _without_underlines(full: torch.Tensor) -> torch.Tensor:
+    """``full`` without the lines drawn under a digit: flat marks that the digit's ink (the
+    marks over them that are not flat) lies above. A line on its own, or under another line
+    (an equals sign), stays."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        full.numpy().astype(np.uint8), connectivity=8)
+    flat = [label for label in range(1, count)
+            if stats[label, cv2.CC_STAT_WIDTH] >= UNDERLINE * stats[label, cv2.CC_STAT_HEIGHT]]
+    rows = np.arange(full.shape[0])[:, None]
+    under = []
+    for line in flat:
+        left, top, width = stats[line, [cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH]]
+        over = [label for label in range(1, count) if label not in flat and
+                stats[label, cv2.CC_STAT_LEFT] < left + width and
+                stats[label, cv2.CC_STAT_LEFT] + stats[label, cv2.CC_STAT_WIDTH] > left]
+        ink = np.isin(labels, over)
+        if ink.any() and (ink & (rows < top)).sum() >= UNDER_INK * ink.sum():
+            under.append(line)
+    return full & ~torch.from_numpy(np.isin(labels, under)) if under else full
 
 
 def _beside(box: tuple, digit: tuple, shape: tuple[int, int]) -> bool:
