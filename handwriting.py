@@ -31,11 +31,16 @@ BESIDE_SIZE = 0.6        # a region apart from the digit and level with it, this
 BESIDE_INK = 0.15        # it and with this share of its ink, is another digit beside it
 UNDERLINE = 3            # a mark this many times as wide as it is high, under the digit,
 UNDER_INK = 0.9          # with this share of the ink of the marks over it above its top
+SOLID = 0.4              # a mark cut by the picture's edge, its strokes this wide against its
+                         # size, is a blob, not strokes: a thumb holding the page
 BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
                          # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
 MAX_SIDE = 4000          # longer side kept after decoding: more detail than any digit needs
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+NO_DIGIT = "no digit found in the picture"
 
 
 class ImageProblem(Exception):
@@ -154,9 +159,9 @@ def _otsu(x: torch.Tensor) -> float:
 
 def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     """Where the digit is: the biggest stroke region plus parts of it, without stray specks,
-    a frame around it or a line under it. Another digit beside it (a number) is an
-    ``ImageProblem``."""
-    full = _without_underlines(ink > max(_otsu(ink), MIN_CONTRAST))
+    a frame around it, a line under it or a thumb at the edge. Another digit beside it (a
+    number) is an ``ImageProblem``."""
+    full = _without_strays(ink > max(_otsu(ink), MIN_CONTRAST))
     # Regions are found on a grid of at most 64x64 cells: fast, and hairline gaps close.
     cell = -(-max(ink.shape) // 64)
     mask = F.max_pool2d(full.float()[None, None], cell, ceil_mode=True)[0, 0] > 0
@@ -167,6 +172,8 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     if len(frames) < len(boxes):        # rings within rings, and nothing else: no frames
         for frame in frames:
             boxes[frame - 1] = (0, 0, 0, 0, 0)
+    if not boxes:                       # every mark was a stray: a thumb, a line
+        raise ImageProblem(NO_DIGIT)
     digit = max(boxes, key=lambda box: box[4])
     left, top, right, bottom, biggest = digit
 
@@ -189,15 +196,22 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     return cells[:ink.shape[0], :ink.shape[1]] & full
 
 
-def _without_underlines(full: torch.Tensor) -> torch.Tensor:
-    """``full`` without the lines drawn under a digit: flat marks that the digit's ink (the
-    marks over them that are not flat) lies above. A line on its own, or under another line
-    (an equals sign), stays."""
+def _without_strays(full: torch.Tensor) -> torch.Tensor:
+    """``full`` (where the ink is) without the marks that belong to no digit: lines drawn
+    under it, and solid marks cut by the picture's edge (a thumb holding the page)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         full.numpy().astype(np.uint8), connectivity=8)
+    strays = _underlines(labels, stats) + _solid_at_edge(full.numpy(), labels, stats)
+    return full & ~torch.from_numpy(np.isin(labels, strays)) if strays else full
+
+
+def _underlines(labels: np.ndarray, stats: np.ndarray) -> list[int]:
+    """The flat marks that the ink of the marks over them (not flat) lies above. A line on its
+    own, or under another line (an equals sign), is none."""
+    count = len(stats)
     flat = [label for label in range(1, count)
             if stats[label, cv2.CC_STAT_WIDTH] >= UNDERLINE * stats[label, cv2.CC_STAT_HEIGHT]]
-    rows = np.arange(full.shape[0])[:, None]
+    rows = np.arange(labels.shape[0])[:, None]
     under = []
     for line in flat:
         left, top, width = stats[line, [cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH]]
@@ -207,7 +221,25 @@ def _without_underlines(full: torch.Tensor) -> torch.Tensor:
         ink = np.isin(labels, over)
         if ink.any() and (ink & (rows < top)).sum() >= UNDER_INK * ink.sum():
             under.append(line)
-    return full & ~torch.from_numpy(np.isin(labels, under)) if under else full
+    return under
+
+
+def _solid_at_edge(full: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> list[int]:
+    """The marks cut by the picture's edge whose stroke width is at least SOLID of their size
+    (MNIST's boldest digits reach 0.28; thinned() says how it is measured)."""
+    h, w = labels.shape
+    depth = _depth(full)
+    return [label for label, (left, top, width, height, _) in enumerate(stats[1:].tolist(), 1)
+            if (left == 0 or top == 0 or left + width == w or top + height == h) and
+            4 * depth[labels == label].mean() >= SOLID * max(width, height)]
+
+
+def _depth(mask: np.ndarray) -> np.ndarray:
+    """Each pixel's distance to the nearest pixel outside ``mask``. Beyond the picture's edge
+    is outside: a crop's own edge is an edge of the strokes (a stroke that fills the crop, such
+    as a bar, has no other)."""
+    inside = np.pad(mask.astype(np.uint8), 1)
+    return cv2.distanceTransform(inside, cv2.DIST_L2, 3)[1:-1, 1:-1]
 
 
 def _beside(box: tuple, digit: tuple, shape: tuple[int, int]) -> bool:
@@ -249,7 +281,7 @@ def find_digit(x: torch.Tensor, window: int | None = None
     """The picture's ink (light on dark) and where the digit is in it."""
     ink = ink_on_dark(x, window)
     if ink.max() < MIN_CONTRAST:
-        raise ImageProblem("no digit found in the picture")
+        raise ImageProblem(NO_DIGIT)
     return ink, digit_mask(ink)
 
 
@@ -334,12 +366,10 @@ def thinned(digit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     w, the distances run evenly from 0 to w/2). Measured so on MNIST's training digits enlarged
     4x (with the background around them): width / digit size 0.15 for the median digit, 0.20
     for the 90th percentile, 0.28 for the 99th."""
-    # A border of background: the crop's own edge is an edge of the strokes (a stroke that
-    # fills the crop, such as a bar, has no other).
-    inside = np.pad(mask.numpy().astype(np.uint8), 1)
+    inside = mask.numpy()
     if not inside.any():
         return digit
-    width = 4 * cv2.distanceTransform(inside, cv2.DIST_L2, 3)[inside > 0].mean()
+    width = 4 * _depth(inside)[inside].mean()
     side = max(mask.shape)
     if width <= BOLD_STROKE * side:
         return digit

@@ -281,6 +281,28 @@ def _thin_pen_big_page(rng, digit):
     return encoded(camera(rng, x, blur=0.8))
 
 
+SKIN = [(0.95, 0.8, 0.7), (0.87, 0.67, 0.55), (0.76, 0.55, 0.42), (0.55, 0.38, 0.26)]
+
+
+def _thumb(rng, digit):
+    """The page held up to the camera: a thumb reaches in over one edge."""
+    w, h = phone_size(rng)
+    x = page(rng, digit, (w, h), share=(0.3, 0.5))
+    reach, half_width = rng.uniform(0.15, 0.3) * min(w, h), rng.uniform(0.08, 0.15) * min(w, h)
+    side = rng.choice(["left", "right", "bottom"])
+    if side == "bottom":
+        centre, angle = (rng.uniform(0.2, 0.8) * w, h), 90 + rng.uniform(-30, 30)
+    else:
+        centre = (0 if side == "left" else w, rng.uniform(0.5, 0.9) * h)
+        angle = rng.uniform(-30, 30)
+    thumb = np.zeros((h, w), np.float32)
+    cv2.ellipse(thumb, tuple(map(round, centre)), (round(reach), round(half_width)), angle, 0,
+                360, 1, -1)
+    thumb = cv2.GaussianBlur(thumb, (0, 0), 3)[..., None]
+    x = x * (1 - thumb) + np.array(rng.choice(SKIN)) * rng.uniform(0.7, 1.0) * thumb
+    return encoded(camera(rng, x, blur=0.5))
+
+
 def _screenshot(rng, digit):
     """A drawing app's export: flat colours, no camera at all, sometimes a dark theme."""
     dark = rng.random() < 0.5
@@ -303,6 +325,7 @@ KINDS = {
     "dim light, noisy JPEG": _dim_and_noisy, "uneven light": _uneven_light, "glare": _glare,
     "motion blur": _motion_blur, "sideways (EXIF)": _sideways, "tiny file": _tiny,
     "thin pen, big page": _thin_pen_big_page, "drawing app export": _screenshot,
+    "held in the hand, a thumb over the edge": _thumb,
 }
 
 
