@@ -33,6 +33,9 @@ UNDERLINE = 3            # a mark this many times as wide as it is high, under t
 UNDER_INK = 0.9          # with this share of the ink of the marks over it above its top
 SOLID = 0.4              # a mark cut by the picture's edge, its strokes this wide against its
                          # size, is a blob, not strokes: a thumb holding the page
+PEN = 6                  # a straight bar this many times as long as it is wide, PEN_LONGER as
+PEN_LONGER = 1.5         # long as every other mark with PEN_INK of its ink, and apart from
+PEN_INK = 0.1            # one of them, is a pen (or a ruler) lying beside the digit
 BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
                          # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
@@ -202,6 +205,7 @@ def _without_strays(full: torch.Tensor) -> torch.Tensor:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         full.numpy().astype(np.uint8), connectivity=8)
     strays = _underlines(labels, stats) + _solid_at_edge(full.numpy(), labels, stats)
+    strays += _pens(labels, stats, strays)
     return full & ~torch.from_numpy(np.isin(labels, strays)) if strays else full
 
 
@@ -232,6 +236,33 @@ def _solid_at_edge(full: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> l
     return [label for label, (left, top, width, height, _) in enumerate(stats[1:].tolist(), 1)
             if (left == 0 or top == 0 or left + width == w or top + height == h) and
             4 * depth[labels == label].mean() >= SOLID * max(width, height)]
+
+
+def _pens(labels: np.ndarray, stats: np.ndarray, strays: list[int]) -> list[int]:
+    """The straight bars (a bar fills most of the rectangle around it) much longer than every
+    other mark of some ink, and clear of one of them by twice their width: a pen beside the
+    digit, where a 1 beside its own flag is not. The ``strays`` found already are no marks."""
+    marks, bars = {}, []
+    for label, (left, top, width, height, area) in enumerate(stats[1:].tolist(), 1):
+        if label in strays or max(width, height) < 8:       # specks
+            continue
+        box = (labels[top:top + height, left:left + width] == label).astype(np.uint8)
+        _, sides, _ = cv2.minAreaRect(cv2.findNonZero(box))
+        long, short = max(sides), max(min(sides), 1)
+        marks[label] = long, area
+        if long >= PEN * short and area >= 0.75 * long * short:
+            bars.append((label, short))
+    pens = []
+    for bar, short in bars:
+        length, ink = marks[bar]
+        others = [label for label, (_, area) in marks.items()
+                  if label != bar and area >= PEN_INK * ink]
+        if not others or length < PEN_LONGER * max(marks[label][0] for label in others):
+            continue
+        gap = cv2.distanceTransform((labels != bar).astype(np.uint8), cv2.DIST_L2, 3)
+        if any(gap[labels == label].min() >= 2 * short for label in others):
+            pens.append(bar)
+    return pens
 
 
 def _depth(mask: np.ndarray) -> np.ndarray:

@@ -303,6 +303,30 @@ def _thumb(rng, digit):
     return encoded(camera(rng, x, blur=0.5))
 
 
+PENS = [(0.1, 0.1, 0.12), (0.15, 0.2, 0.6), (0.7, 0.1, 0.1), (0.8, 0.8, 0.82)]
+
+
+def _pen_beside(rng, digit):
+    """The pen that wrote the digit left lying on the page, clear of it (10 px or more)."""
+    w, h = phone_size(rng)
+    x = page(rng, digit, (w, h), share=(0.25, 0.4))
+    rows, cols = np.nonzero(x.mean(2) < 0.6)        # the digit: dark ink on white paper
+    clear = (slice(max(0, rows.min() - 10), rows.max() + 11),
+             slice(max(0, cols.min() - 10), cols.max() + 11))
+    length, width = rng.uniform(0.5, 0.9) * max(w, h), rng.uniform(0.03, 0.05) * min(w, h)
+    for _ in range(50):
+        centre, angle = (rng.uniform(0, w), rng.uniform(0, h)), rng.uniform(0, math.pi)
+        ends = [(round(centre[0] + side * length / 2 * math.cos(angle)),
+                 round(centre[1] + side * length / 2 * math.sin(angle))) for side in (-1, 1)]
+        pen = np.zeros((h, w), np.uint8)
+        cv2.line(pen, *ends, 1, max(2, round(width)), cv2.LINE_AA)
+        if not pen[clear].any():
+            break
+    pen = cv2.GaussianBlur(pen.astype(np.float32), (0, 0), 1.5)[..., None]
+    x = x * (1 - pen) + np.array(rng.choice(PENS)) * pen
+    return encoded(camera(rng, x, blur=0.5))
+
+
 def _screenshot(rng, digit):
     """A drawing app's export: flat colours, no camera at all, sometimes a dark theme."""
     dark = rng.random() < 0.5
@@ -325,7 +349,7 @@ KINDS = {
     "dim light, noisy JPEG": _dim_and_noisy, "uneven light": _uneven_light, "glare": _glare,
     "motion blur": _motion_blur, "sideways (EXIF)": _sideways, "tiny file": _tiny,
     "thin pen, big page": _thin_pen_big_page, "drawing app export": _screenshot,
-    "held in the hand, a thumb over the edge": _thumb,
+    "held in the hand, a thumb over the edge": _thumb, "a pen lying beside it": _pen_beside,
 }
 
 
