@@ -200,12 +200,16 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
 
 
 def _without_strays(full: torch.Tensor) -> torch.Tensor:
-    """``full`` (where the ink is) without the marks that belong to no digit: lines drawn
-    under it, and solid marks cut by the picture's edge (a thumb holding the page)."""
+    """``full`` (where the ink is) without the marks that belong to no digit: a line drawn
+    under it, a thumb holding the page (a blob cut by the picture's edge), a pen beside it."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         full.numpy().astype(np.uint8), connectivity=8)
-    strays = _underlines(labels, stats) + _solid_at_edge(full.numpy(), labels, stats)
-    strays += _pens(labels, stats, strays)
+    h, w = labels.shape
+    left, top, width, height = (stats[:, i] for i in range(4))
+    cut = (left == 0) | (top == 0) | (left + width == w) | (top + height == h)
+    blobs = _blobs(full.numpy(), labels, stats)
+    strays = _underlines(labels, stats) + [label for label in blobs if cut[label]]
+    strays += _pens(labels, stats, cut, aside=strays + blobs)
     return full & ~torch.from_numpy(np.isin(labels, strays)) if strays else full
 
 
@@ -228,36 +232,39 @@ def _underlines(labels: np.ndarray, stats: np.ndarray) -> list[int]:
     return under
 
 
-def _solid_at_edge(full: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> list[int]:
-    """The marks cut by the picture's edge whose stroke width is at least SOLID of their size
+def _blobs(full: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> list[int]:
+    """The marks whose stroke width is at least SOLID of their size: blobs, not strokes
     (MNIST's boldest digits reach 0.28; thinned() says how it is measured)."""
-    h, w = labels.shape
-    depth = _depth(full)
-    return [label for label, (left, top, width, height, _) in enumerate(stats[1:].tolist(), 1)
-            if (left == 0 or top == 0 or left + width == w or top + height == h) and
-            4 * depth[labels == label].mean() >= SOLID * max(width, height)]
+    depth = np.bincount(labels.ravel(), weights=_depth(full).ravel(), minlength=len(stats))
+    width = 4 * depth / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
+    size = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
+    return [label for label in range(1, len(stats)) if width[label] >= SOLID * size[label]]
 
 
-def _pens(labels: np.ndarray, stats: np.ndarray, strays: list[int]) -> list[int]:
-    """The straight bars (a bar fills most of the rectangle around it) much longer than every
-    other mark of some ink, and clear of one of them by twice their width: a pen beside the
-    digit, where a 1 beside its own flag is not. The ``strays`` found already are no marks."""
-    marks, bars = {}, []
+def _pens(labels: np.ndarray, stats: np.ndarray, cut: np.ndarray, aside: list[int]
+          ) -> list[int]:
+    """Pens (or rulers) lying beside the digit: straight bars (filling most of the rectangle
+    around them, PEN times as long as wide), cut by the picture's edge or half its size long,
+    PEN_LONGER times as long as every mark of strokes with PEN_INK of their ink and clear of
+    one of them by twice their width. A 1 beside its own flag, a minus or a full stop is none.
+    Marks ``aside`` (strays, blobs) and specks are neither bars nor strokes, and marks ``cut``
+    by the edge no strokes: only a part of them shows."""
+    bars, strokes = {}, {}       # label: (length, ink, width)
     for label, (left, top, width, height, area) in enumerate(stats[1:].tolist(), 1):
-        if label in strays or max(width, height) < 8:       # specks
+        if label in aside or max(width, height) < 8:
             continue
-        box = (labels[top:top + height, left:left + width] == label).astype(np.uint8)
-        _, sides, _ = cv2.minAreaRect(cv2.findNonZero(box))
+        mark = (labels[top:top + height, left:left + width] == label).astype(np.uint8)
+        _, sides, _ = cv2.minAreaRect(cv2.findNonZero(mark))
         long, short = max(sides), max(min(sides), 1)
-        marks[label] = long, area
-        if long >= PEN * short and area >= 0.75 * long * short:
-            bars.append((label, short))
+        straight = long >= PEN * short and area >= 0.75 * long * short
+        if straight and (cut[label] or long >= max(labels.shape) / 2):
+            bars[label] = long, area, short
+        elif not cut[label]:
+            strokes[label] = long, area, short
     pens = []
-    for bar, short in bars:
-        length, ink = marks[bar]
-        others = [label for label, (_, area) in marks.items()
-                  if label != bar and area >= PEN_INK * ink]
-        if not others or length < PEN_LONGER * max(marks[label][0] for label in others):
+    for bar, (length, ink, short) in bars.items():
+        others = [label for label, (_, area, _) in strokes.items() if area >= PEN_INK * ink]
+        if not others or length < PEN_LONGER * max(strokes[label][0] for label in others):
             continue
         gap = cv2.distanceTransform((labels != bar).astype(np.uint8), cv2.DIST_L2, 3)
         if any(gap[labels == label].min() >= 2 * short for label in others):

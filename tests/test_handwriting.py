@@ -479,3 +479,48 @@ def test_a_thumb_holding_the_page_is_left_out(reader):
     readings = read.read(read.normalized(torch.stack(prepared)[:, None]))
     right = sum(r.digit and r.best == TEST_LABELS[i] for i, r in zip(indices, readings))
     assert right >= 85, right
+
+
+def one_beside(index, mark, rng):
+    """MNIST test digit ``index`` (a 1) dark on a page, with a minus drawn before it, a full
+    stop after it, or a flag drawn apart from its top."""
+    page = Image.new("L", (360, 300), 245)
+    digit = Image.fromarray(TEST_IMAGES[index].numpy()).resize((200, 200), Image.BICUBIC)
+    page.paste(Image.new("L", (200, 200), 20), (120, 50), mask=digit)
+    draw, width = ImageDraw.Draw(page), rng.randint(8, 16)
+    rows, cols = (TEST_IMAGES[index] > 128).nonzero().unbind(1)
+    top, left = 50 + rows.min().item() * 200 / 28, 120 + cols.min().item() * 200 / 28
+    if mark == "minus":
+        y = 150 + rng.randint(-15, 15)
+        draw.line([(40, y), (40 + rng.randint(60, 90), y)], fill=20, width=width)
+    elif mark == "full stop":
+        x, y, r = 250 + rng.randint(0, 20), 225 + rng.randint(-10, 5), rng.randint(8, 14)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=20)
+    else:
+        gap = rng.randint(10, 20)
+        draw.line([(left - gap - rng.randint(30, 50), top + rng.randint(20, 40)),
+                   (left - gap, top + gap)], fill=20, width=width)
+    return page
+
+
+@pytest.mark.parametrize("mark", ["minus", "full stop", "flag"])
+def test_a_1_beside_a_minus_a_full_stop_or_its_flag_is_no_pen(monkeypatch, mark):
+    """A straight 1 is longer than the small mark beside it, as a pen is than the digit: the
+    1 is prepared exactly as it would be with no rule for pens at all."""
+    ones = (TEST_LABELS[:2000] == 1).nonzero().flatten()[:50].tolist()
+    rng = random.Random(0)
+    pictures = [one_beside(i, mark, rng) for i in ones]
+
+    def prepared():
+        out = []
+        for picture in pictures:
+            try:
+                out.append(handwriting.prepare(picture))
+            except handwriting.ImageProblem as e:
+                out.append(str(e))
+        return out
+    with_pens = prepared()
+    monkeypatch.setattr(handwriting, "_pens", lambda *args, **kwargs: [])
+    for index, a, b in zip(ones, with_pens, prepared()):
+        same = type(a) is type(b) and (a == b if isinstance(a, str) else torch.equal(a, b))
+        assert same, f"test image {index}"
