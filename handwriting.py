@@ -31,11 +31,11 @@ BESIDE_SIZE = 0.6        # a region apart from the digit and level with it, this
 BESIDE_INK = 0.15        # it and with this share of its ink, is another digit beside it
 UNDERLINE = 3            # a mark this many times as wide as it is high, under the digit,
 UNDER_INK = 0.9          # with this share of the ink of the marks over it above its top
-SOLID = 0.4              # a mark cut by the picture's edge, its strokes this wide against its
-                         # size, is a blob, not strokes: a thumb holding the page
+SOLID = 0.4              # strokes this wide against their mark's size make a blob; one cut by
+                         # the picture's edge is a thumb holding the page
 PEN = 6                  # a straight bar this many times as long as it is wide, PEN_LONGER as
-PEN_LONGER = 1.5         # long as every other mark with PEN_INK of its ink, and apart from
-PEN_INK = 0.1            # one of them, is a pen (or a ruler) lying beside the digit
+PEN_LONGER = 1.5         # long as every mark of strokes with PEN_INK of its ink, and apart
+PEN_INK = 0.1            # from one of them, is a pen (or a ruler) lying beside the digit
 BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
                          # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
@@ -162,8 +162,8 @@ def _otsu(x: torch.Tensor) -> float:
 
 def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     """Where the digit is: the biggest stroke region plus parts of it, without stray specks,
-    a frame around it, a line under it or a thumb at the edge. Another digit beside it (a
-    number) is an ``ImageProblem``."""
+    a frame around it, a line under it, a thumb at the edge or a pen beside it. Another digit
+    beside it (a number) is an ``ImageProblem``."""
     full = _without_strays(ink > max(_otsu(ink), MIN_CONTRAST))
     # Regions are found on a grid of at most 64x64 cells: fast, and hairline gaps close.
     cell = -(-max(ink.shape) // 64)
@@ -175,7 +175,7 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
     if len(frames) < len(boxes):        # rings within rings, and nothing else: no frames
         for frame in frames:
             boxes[frame - 1] = (0, 0, 0, 0, 0)
-    if not boxes:                       # every mark was a stray: a thumb, a line
+    if not boxes:                       # every mark was a stray: a thumb, a line, a pen
         raise ImageProblem(NO_DIGIT)
     digit = max(boxes, key=lambda box: box[4])
     left, top, right, bottom, biggest = digit

@@ -428,7 +428,6 @@ def test_a_digit_in_a_box_or_a_circle_is_read_without_its_frame(reader, frame, w
     assert right >= 97, right
 
 
-
 def underlined_digit(index, rng):
     """MNIST test digit ``index`` dark on a light page and a pen line drawn under it, clear of
     it: as long as the digit is wide to twice that, a little aslant, off-centre."""
