@@ -202,12 +202,12 @@ def digit_mask(ink: torch.Tensor) -> torch.Tensor:
 def _without_strays(full: torch.Tensor) -> torch.Tensor:
     """``full`` (where the ink is) without the marks that belong to no digit: a line drawn
     under it, a thumb holding the page (a blob cut by the picture's edge), a pen beside it."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        full.numpy().astype(np.uint8), connectivity=8)
+    ink = full.numpy()
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(ink.astype(np.uint8), connectivity=8)
     h, w = labels.shape
     left, top, width, height = (stats[:, i] for i in range(4))
     cut = (left == 0) | (top == 0) | (left + width == w) | (top + height == h)
-    blobs = _blobs(full.numpy(), labels, stats)
+    blobs = _blobs(ink, labels, stats)
     strays = _underlines(labels, stats) + [label for label in blobs if cut[label]]
     strays += _pens(labels, stats, cut, aside=strays + blobs)
     return full & ~torch.from_numpy(np.isin(labels, strays)) if strays else full

@@ -402,6 +402,17 @@ def test_a_digit_cropped_to_its_own_edges_is_no_sheet(reader):
     assert right[0] >= right[40] - 1, right
 
 
+def write_digit(page, index, at):
+    """MNIST test digit ``index`` written dark on ``page``, enlarged to 200 px with its top left
+    corner ``at``; returns the box of its ink there (left, top, right, bottom)."""
+    digit = Image.fromarray(TEST_IMAGES[index].numpy()).resize((200, 200), Image.BICUBIC)
+    page.paste(Image.new("L", (200, 200), 20), at, mask=digit)
+    rows, cols = (TEST_IMAGES[index] > 128).nonzero().unbind(1)
+    scale = 200 / 28
+    return (at[0] + cols.min().item() * scale, at[1] + rows.min().item() * scale,
+            at[0] + (cols.max().item() + 1) * scale, at[1] + (rows.max().item() + 1) * scale)
+
+
 def framed_digit(index, frame, width):
     """MNIST test digit ``index`` written in a printed box of a form, or circled by hand:
     dark on a light page, the frame ``width`` px wide and clear of the digit."""
@@ -411,8 +422,7 @@ def framed_digit(index, frame, width):
         draw.rectangle([40, 40, 280, 280], outline=60, width=width)
     else:
         draw.ellipse([10, 10, 310, 310], outline=30, width=width)
-    digit = Image.fromarray(TEST_IMAGES[index].numpy()).resize((200, 200), Image.BICUBIC)
-    page.paste(Image.new("L", (200, 200), 20), (60, 60), mask=digit)
+    write_digit(page, index, (60, 60))
     return page
 
 
@@ -432,11 +442,8 @@ def underlined_digit(index, rng):
     """MNIST test digit ``index`` dark on a light page and a pen line drawn under it, clear of
     it: as long as the digit is wide to twice that, a little aslant, off-centre."""
     page = Image.new("L", (320, 360), 245)
-    digit = Image.fromarray(TEST_IMAGES[index].numpy()).resize((200, 200), Image.BICUBIC)
-    page.paste(Image.new("L", (200, 200), 20), (60, 40), mask=digit)
-    rows, cols = (TEST_IMAGES[index] > 128).nonzero().unbind(1)
-    left, right = 60 + cols.min().item() * 200 / 28, 60 + (cols.max().item() + 1) * 200 / 28
-    y = 40 + (rows.max().item() + 1) * 200 / 28 + rng.uniform(10, 50)
+    left, _, right, bottom = write_digit(page, index, (60, 40))
+    y = bottom + rng.uniform(10, 50)
     length = (right - left) * rng.uniform(1, 2)
     middle = (left + right) / 2 + rng.uniform(-0.2, 0.2) * (right - left)
     slant = rng.uniform(-0.08, 0.08) * length
@@ -484,11 +491,8 @@ def one_beside(index, mark, rng):
     """MNIST test digit ``index`` (a 1) dark on a page, with a minus drawn before it, a full
     stop after it, or a flag drawn apart from its top."""
     page = Image.new("L", (360, 300), 245)
-    digit = Image.fromarray(TEST_IMAGES[index].numpy()).resize((200, 200), Image.BICUBIC)
-    page.paste(Image.new("L", (200, 200), 20), (120, 50), mask=digit)
+    left, top, _, _ = write_digit(page, index, (120, 50))
     draw, width = ImageDraw.Draw(page), rng.randint(8, 16)
-    rows, cols = (TEST_IMAGES[index] > 128).nonzero().unbind(1)
-    top, left = 50 + rows.min().item() * 200 / 28, 120 + cols.min().item() * 200 / 28
     if mark == "minus":
         y = 150 + rng.randint(-15, 15)
         draw.line([(40, y), (40 + rng.randint(60, 90), y)], fill=20, width=width)
