@@ -199,24 +199,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass     # a line per stroke would bury the errors, which send_error_json logs
 
 
+class PageServer(http.server.ThreadingHTTPServer):
+    """A thread per connection. The queue of connections not yet accepted holds a burst of
+    many tabs (socketserver's default of 5 reset the rest: 64 uploads at once lost 5-19)."""
+    request_queue_size = 128
+    daemon_threads = True
+
+
 def make_server(host: str, port: int, reader: PageReader, model_info: dict
-                ) -> http.server.ThreadingHTTPServer:
+                ) -> PageServer:
     """A server for the page, listening but not yet serving; several tabs are served at once."""
     try:
-        server = http.server.ThreadingHTTPServer((host, port), Handler)
+        server = PageServer((host, port), Handler)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise cli.Problem(f"port {port} is in use (another draw.py?): stop that "
                               f"program or pass --port N (--port 0 picks a free one)") from None
         raise cli.Problem(f"cannot listen on {host}:{port} ({e.strerror or e}): "
                           f"check --host and --port") from None
-    server.daemon_threads = True
     server.reader, server.model_info = reader, model_info
     server.readers = threading.BoundedSemaphore(READING_AT_ONCE)
     return server
 
 
-def open_page(args: argparse.Namespace) -> http.server.ThreadingHTTPServer:
+def open_page(args: argparse.Namespace) -> PageServer:
     """The page's server for ``args``, listening but not yet serving, with the checkpoint's
     model behind it."""
     reader = confidence.open_reader(args.checkpoint, engine.pick_device(args.device),

@@ -270,6 +270,16 @@ def test_huge_pictures_are_refused_by_their_size_and_the_server_keeps_its_memory
         page.communicate()
 
 
+def test_a_burst_of_connections_is_answered_not_reset(server):
+    """64 uploads at once: every one is queued and answered (a queue of 5 reset some)."""
+    body = png(drawing(2))
+    for _ in range(3):
+        with ThreadPoolExecutor(64) as pool:
+            statuses = list(pool.map(lambda _: request(server, "POST", "/api/read", body)[0],
+                                     range(64)))
+        assert statuses == [200] * 64
+
+
 def test_several_tabs_at_once(server):
     indices = range(2, 18)
     with ThreadPoolExecutor(8) as pool:
