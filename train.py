@@ -16,6 +16,7 @@ import csv
 import functools
 import io
 import itertools
+import math
 import re
 import sys
 import time
@@ -75,6 +76,9 @@ SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 
 OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
 STOP_CHECK_STEPS = 8    # with several processes, how often they agree whether to stop
+# Seconds between drawings of curves.png during training (and after the last epoch): a drawing
+# takes 0.2 s, which every epoch would cost 6 % of a CPU run and more of a GPU one.
+CURVES_EVERY = 30
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
 
@@ -360,11 +364,6 @@ def show_progress(bar: tqdm, batch_size: int, loss_sum, correct, labelled, seen:
                         acc=f"{correct.item() / max(1, labelled.item()):.2%}")
 
 
-def fmt(result: engine.Result | None, field: str, pattern: str) -> str:
-    """One figure of a validation result for the log, or "-" without validation."""
-    return "-" if result is None else format(getattr(result, field), pattern)
-
-
 def history_row(epoch: int, fit: engine.Result, val: engine.Result | None, lr: float) -> dict:
     """One epoch's line of history.csv (the learning rate is the one the epoch started with)."""
     return {"epoch": epoch, "train_loss": round(fit.loss, 6),
@@ -457,6 +456,7 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
         say(f"resuming {save_dir}/last.pth after epoch {done} of {args.epochs}")
 
     say(heading(args, world, device, train_batches, val_batches))
+    drawn = -math.inf       # when curves.png was last drawn (time.monotonic())
     for epoch in range(done + 1, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
@@ -481,18 +481,16 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
         checkpoint = make_checkpoint(args, judged, epoch, val, train_batches, world)
         history.append(history_row(epoch, fit, val, lr))
         keep = kept_epoch(history, val.total, args.keep_within) if val else epoch
-        new_best = val is not None and all(val.accuracy > row["val_accuracy"]
-                                           for row in history[:-1])
         if world.main:
             if keep == epoch:
                 save_checkpoint(save_dir / "best_model.pth", checkpoint)
             write_history(save_dir / "history.csv", history)
-            plots.training_curves(history, save_dir / "curves.png", keep)
+            if epoch == args.epochs or time.monotonic() - drawn >= CURVES_EVERY:
+                plots.training_curves(history, save_dir / "curves.png", keep)
+                drawn = time.monotonic()
             save_checkpoint(save_dir / "last.pth", checkpoint | training_state(
                 model, ema, optimizer, scheduler, generator, history, device, world))
-        say(f"{epoch:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {fmt(val, 'loss', '.4f'):>8} "
-            f"{fmt(val, 'accuracy', '.2%'):>8} {lr:>8.2e} {seconds:>5.1f}s "
-            f"{fit.total / train_seconds:>7,.0f}{'  best' if new_best else ''}", flush=True)
+        say(epoch_line(history, fit, val, seconds, fit.total / train_seconds), flush=True)
 
     if not world.main:
         return
@@ -534,6 +532,19 @@ def heading(args: argparse.Namespace, world: ddp.World, device: torch.device,
             f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}{processes}\n"
             f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "
             f"{'lr':>8} {'time':>6} {'img/s':>7}")
+
+
+def epoch_line(history: list[dict], fit: engine.Result, val: engine.Result | None,
+               seconds: float, images_per_second: float) -> str:
+    """The last epoch of ``history`` as a row of the table that ``heading`` begins; "best"
+    marks a validation accuracy above every earlier epoch's."""
+    row = history[-1]
+    val_loss, val_accuracy = (f"{val.loss:.4f}", f"{val.accuracy:.2%}") if val else ("-", "-")
+    best = val is not None and all(val.accuracy > earlier["val_accuracy"]
+                                   for earlier in history[:-1])
+    return (f"{row['epoch']:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {val_loss:>8} "
+            f"{val_accuracy:>8} {row['lr']:>8.2e} {seconds:>5.1f}s "
+            f"{images_per_second:>7,.0f}{'  best' if best else ''}")
 
 
 def summary(kept: dict, history: list[dict], tested: engine.Result, save_dir: Path) -> str:

@@ -172,6 +172,20 @@ def test_schedulers_are_really_stepped(tmp_path):
     assert lrs[0] < lrs[1] and lrs[2] < lrs[1]        # OneCycle warms up, then anneals
 
 
+@pytest.mark.parametrize("every, drawn", [(1e9, [1, 4]), (0, [1, 2, 3, 4])])
+def test_curves_are_drawn_after_the_first_and_the_last_epoch_and_every_so_often(
+        tmp_path, monkeypatch, every, drawn):
+    """A drawing takes longer than a small epoch: between the first and the last epoch,
+    curves.png is drawn again only once CURVES_EVERY seconds have passed."""
+    histories = []
+    monkeypatch.setattr(train, "CURVES_EVERY", every)
+    monkeypatch.setattr(train.plots, "training_curves",
+                        lambda history, path, kept: histories.append(len(history)))
+    result = run_main(train, "--subset", "300", "--epochs", "4", "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert histories == drawn
+
+
 def test_without_validation_split_the_last_epoch_is_kept(tmp_path):
     result = run_main(train, "--subset", "600", "--epochs", "2", "--val-size", "0",
                       "--save-dir", tmp_path)
