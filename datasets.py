@@ -216,8 +216,14 @@ def verify(root: str | Path, dataset: str = "mnist") -> None:
 def normalization(images: torch.Tensor) -> tuple[float, float]:
     """Mean and standard deviation of the pixels in [0, 1], rounded to 4 places: each set is
     normalized with those of its own training images (MNIST's: 0.1307, 0.3081)."""
-    pixels = images.float().div_(255)
-    return round(pixels.mean().item(), 4), round(pixels.std().item(), 4)
+    # Summed over the 256 grey levels' counts in float64: exact, and no float copy of the 47
+    # million pixels (0.07 s on one core instead of 0.17-0.4 s, paid by every train.py run).
+    counts = torch.bincount(images.flatten(), minlength=256).double()
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum()
+    mean = (counts * levels).sum() / n
+    std = ((counts * (levels - mean) ** 2).sum() / (n - 1)).sqrt()
+    return round(mean.item(), 4), round(std.item(), 4)
 
 
 def train_val_split(n: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
