@@ -43,6 +43,22 @@ def test_calibrated_probabilities_mean_what_they_say(shipped):
     assert before > 0.05 and after <= 0.005, (before, after)
 
 
+@pytest.mark.parametrize("sharpness", [0.3, 1.0, 3.0])
+def test_the_calibration_error_is_torchmetrics_one(sharpness):
+    """The reliability diagram's bins give the same error as torchmetrics' implementation, on
+    probabilities from unsure to sure, some right and some wrong. (A confidence of exactly 1.0,
+    which torchmetrics bins on its own, falls in the top bin here.)"""
+    from torchmetrics.functional.classification import multiclass_calibration_error
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(10, (5000,), generator=generator)
+    logits = torch.randn(5000, 10, generator=generator) * sharpness
+    logits[torch.arange(5000), labels] += torch.rand(5000, generator=generator) * 3 * sharpness
+    probabilities = logits.softmax(1)
+    expected = float(multiclass_calibration_error(probabilities, labels, 10, n_bins=15))
+    assert confidence.calibration_error(probabilities, labels) == pytest.approx(expected,
+                                                                                abs=1e-6)
+
+
 def test_few_test_digits_are_refused(shipped):
     checkpoint, reader = shipped
     readings = reader.read(normalized(checkpoint, TEST_IMAGES.float() / 255))
