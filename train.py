@@ -16,7 +16,6 @@ import csv
 import functools
 import io
 import itertools
-import math
 import re
 import sys
 import time
@@ -456,7 +455,7 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
         say(f"resuming {save_dir}/last.pth after epoch {done} of {args.epochs}")
 
     say(heading(args, world, device, train_batches, val_batches))
-    drawn = -math.inf       # when curves.png was last drawn (time.monotonic())
+    drawn = time.monotonic()    # curves.png: CURVES_EVERY seconds apart, and at the end
     for epoch in range(done + 1, args.epochs + 1):
         lr = optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
