@@ -114,8 +114,9 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str,
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: slow by nature (compilation); "
-                                       "-m 'not slow' leaves it out")
+    config.addinivalue_line("markers", "slow: slow by nature (a compilation, or reading "
+                                       "hundreds of generated pictures); -m 'not slow' leaves "
+                                       "them out")
     config.addinivalue_line("markers", "processes: starts processes (the scripts, torchrun, "
                                        "a browser); -m 'not processes' runs the rest in-process")
 

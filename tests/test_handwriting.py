@@ -262,6 +262,7 @@ def typed_set():
     return cases, torch.stack([handwriting.prepare(picture) for *_, picture, _ in cases])
 
 
+@pytest.mark.slow
 def test_typed_digits_in_every_font_come_out_light_on_dark_cropped_and_centred(typed_set):
     cases, prepared = typed_set
     assert len(cases) >= 220, "matplotlib alone ships 22 text fonts"
@@ -275,6 +276,7 @@ def test_typed_digits_in_every_font_come_out_light_on_dark_cropped_and_centred(t
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.slow
 def test_typed_digits_in_every_font_are_read_by_a_trained_model(typed_set, reader):
     """At least 98 % read right by the default recipe's model (tests/data/README.md)."""
     cases, prepared = typed_set
@@ -306,6 +308,7 @@ def photo_readings(reader):
     return readings
 
 
+@pytest.mark.slow
 def test_photos_of_every_kind_are_read(photo_readings):
     """At least 97 % of all photos and 90 % of each kind read right (docs/trust.md)."""
     assert len(photo_readings) >= 300 and len(photos.KINDS) >= 15
@@ -317,6 +320,7 @@ def test_photos_of_every_kind_are_read(photo_readings):
         assert len(misread) <= 0.1 * len(of_kind), (kind, misread)
 
 
+@pytest.mark.slow
 def test_few_photos_are_refused_as_not_a_digit(photo_readings):
     refused = [f"{kind}: {digit}" for kind, digit, _, is_digit in photo_readings
                if not is_digit]
@@ -383,6 +387,7 @@ def cropped_to_the_digit(index, margin=0):
     return page
 
 
+@pytest.mark.slow
 def test_a_digit_cropped_to_its_own_edges_is_no_sheet(reader):
     """Strokes from edge to edge cut the paper into pieces; the largest piece (below a 7's bar,
     say) is a light quadrilateral mostly inside the picture, but the rest of the picture is
@@ -469,6 +474,7 @@ def test_a_line_under_the_digit_is_left_out(reader):
     assert handwriting.prepare(line).sum() > 10
 
 
+@pytest.mark.slow
 def test_a_thumb_holding_the_page_is_left_out(reader):
     """A thumb over the photo's edge is a solid mark, not strokes: at least 85 of 100 photos
     read right and accepted (taken for the digit, the thumb left 59; docs/trust.md)."""
