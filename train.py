@@ -75,8 +75,8 @@ SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 
 OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
 STOP_CHECK_STEPS = 8    # with several processes, how often they agree whether to stop
-# Seconds between drawings of curves.png during training (and after the last epoch): a drawing
-# takes 0.2 s, which every epoch would cost 6 % of a CPU run and more of a GPU one.
+# Seconds between drawings of curves.png during training (it is drawn after the last epoch
+# too): a drawing takes about 0.2 s, 2-3 % of a default CPU epoch and much of a GPU one.
 CURVES_EVERY = 30
 HISTORY_FIELDS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr"]
 
