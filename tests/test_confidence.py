@@ -44,7 +44,7 @@ def test_calibrated_probabilities_mean_what_they_say(shipped):
 
 
 @pytest.mark.parametrize("sharpness", [0.3, 1.0, 3.0])
-def test_the_calibration_error_is_torchmetrics_one(sharpness):
+def test_the_calibration_error_agrees_with_torchmetrics(sharpness):
     """The reliability diagram's bins give the same error as torchmetrics' implementation, on
     probabilities from unsure to sure, some right and some wrong. (A confidence of exactly 1.0,
     which torchmetrics bins on its own, falls in the top bin here.)"""
