@@ -217,10 +217,9 @@ def reliability(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 1
     return rows
 
 
-def calibration_error(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = 15
-                      ) -> float:
-    """Expected calibration error (top-label, L1): over the bins of ``reliability``, the gap
-    between accuracy and mean confidence, weighted by the bin's share of the images."""
-    return sum(count * abs(accuracy - mean_confidence) for mean_confidence, accuracy, count
-               in reliability(probabilities, labels, bins)) / len(labels)
+def calibration_error(rows: list[tuple[float, float, int]]) -> float:
+    """Expected calibration error (top-label, L1) from ``reliability``'s rows: the gap between
+    accuracy and mean confidence, weighted by each bin's share of the images."""
+    return (sum(count * abs(accuracy - mean_confidence)
+                for mean_confidence, accuracy, count in rows) / sum(row[2] for row in rows))
 

@@ -52,6 +52,7 @@ def report(args: argparse.Namespace) -> dict:
     logits, maps = confidence.logits_and_maps(reader.model, torch.cat([x for x, _ in batches]))
     readings = reader.judge(logits, maps)
     raw, calibrated = logits.softmax(1), torch.stack([r.probabilities for r in readings])
+    before, after = (confidence.reliability(p, labels) for p in (raw, calibrated))
     per_class = [row[i] / max(sum(row), 1) for i, row in enumerate(confusion)]
     return {
         "checkpoint": str(args.checkpoint),
@@ -65,10 +66,10 @@ def report(args: argparse.Namespace) -> dict:
         "per_class_accuracy": dict(zip(checkpoint["classes"], per_class)),
         "confusion": confusion,
         "temperature": reader.temperature,
-        "calibration_error_before": confidence.calibration_error(raw, labels),
-        "calibration_error": confidence.calibration_error(calibrated, labels),
-        "reliability_before": confidence.reliability(raw, labels),
-        "reliability": confidence.reliability(calibrated, labels),
+        "calibration_error_before": confidence.calibration_error(before),
+        "calibration_error": confidence.calibration_error(after),
+        "reliability_before": before,
+        "reliability": after,
         "refused_as_not_digit": (sum(not r.digit for r in readings) / len(readings)
                                  if reader.calibrated and datasets.DATASETS[dataset].digits
                                  else None),

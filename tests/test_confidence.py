@@ -38,8 +38,11 @@ def test_calibrated_probabilities_mean_what_they_say(shipped):
     checkpoint, reader = shipped
     x = normalized(checkpoint, TEST_IMAGES.float() / 255)
     logits, _ = confidence.logits_and_maps(reader.model, x)
-    before = confidence.calibration_error(logits.softmax(1), TEST_LABELS)
-    after = confidence.calibration_error(reader.probabilities(x), TEST_LABELS)
+
+    def error(probabilities):
+        return confidence.calibration_error(confidence.reliability(probabilities, TEST_LABELS))
+    before = error(logits.softmax(1))
+    after = error(reader.probabilities(x))
     assert before > 0.05 and after <= 0.005, (before, after)
 
 
@@ -55,8 +58,8 @@ def test_the_calibration_error_agrees_with_torchmetrics(sharpness):
     logits[torch.arange(5000), labels] += torch.rand(5000, generator=generator) * 3 * sharpness
     probabilities = logits.softmax(1)
     expected = float(multiclass_calibration_error(probabilities, labels, 10, n_bins=15))
-    assert confidence.calibration_error(probabilities, labels) == pytest.approx(expected,
-                                                                                abs=1e-6)
+    ours = confidence.calibration_error(confidence.reliability(probabilities, labels))
+    assert ours == pytest.approx(expected, abs=1e-6)
 
 
 def test_few_test_digits_are_refused(shipped):
