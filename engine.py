@@ -105,9 +105,38 @@ class EMA:
         torch._foreach_lerp_(list(self.model.parameters()), list(model.parameters()), 1 - decay)
 
 
+class Teachers:
+    """Trained models whose readings the training loss also learns (knowledge distillation,
+    Hinton et al. 2015): ``share`` of the loss is the divergence of the model's probabilities
+    from the teachers' averaged ones, both softened by ``temperature``. The divergence is
+    scaled by the temperature squared, which keeps its gradients the size of the labels' as the
+    temperature changes."""
+
+    def __init__(self, models: list[nn.Module], normalizations: list[tuple[float, float]],
+                 share: float, temperature: float):
+        """``normalizations[i]``: the (scale, shift) that turns the run's normalized pixels
+        into what teacher i was trained on."""
+        self.models = [model.eval().requires_grad_(False) for model in models]
+        self.normalizations = normalizations
+        self.share, self.temperature = share, temperature
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([
+            model(x if (scale, shift) == (1, 0) else x * scale + shift).float()
+            .div(self.temperature).softmax(1)
+            for model, (scale, shift) in zip(self.models, self.normalizations)]).mean(0)
+
+    def mix(self, loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The labels' ``loss`` of the batch ``x`` mixed with the teachers' share."""
+        log_p = logits.float().div(self.temperature).log_softmax(1)
+        divergence = F.kl_div(log_p, self.probabilities(x), reduction="batchmean")
+        return (1 - self.share) * loss + self.share * self.temperature ** 2 * divergence
+
+
 def _forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: bool,
-                      label_smoothing: float, graphed: bool = False, weight: float = 1.0
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      label_smoothing: float, graphed: bool = False, weight: float = 1.0,
+                      teachers: Teachers | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The batch's mean loss and logits; the gradient is that of ``weight`` x the mean loss."""
     # Autocast's cache of bfloat16 weights must be off inside a CUDA graph capture.
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp,
@@ -115,6 +144,8 @@ def _forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, amp: b
         logits = model(x)
         # A process whose slice of a short last batch is empty still joins DDP's gradient sum.
         loss = _loss(logits, y, label_smoothing) if len(y) else logits.sum() * 0
+        if teachers is not None and len(y):
+            loss = teachers.mix(loss, logits, x)
     (loss if weight == 1.0 else loss * weight).backward()
     return loss.detach(), logits.detach()
 
@@ -150,19 +181,20 @@ class _GraphedStep:
 
     def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  loss_sum: torch.Tensor, correct: torch.Tensor, labelled: torch.Tensor,
-                 amp: bool, label_smoothing: float):
+                 amp: bool, label_smoothing: float, teachers: Teachers | None):
         self.x, self.y = x.clone(), y.clone()      # the graph reads its batch from here
         side = torch.cuda.Stream()                 # capture wants a warmed-up side stream
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(2):                     # gradients only: the weights do not change
-                _forward_backward(model, self.x, self.y, amp, label_smoothing, graphed=True)
+                _forward_backward(model, self.x, self.y, amp, label_smoothing, graphed=True,
+                                  teachers=teachers)
         torch.cuda.current_stream().wait_stream(side)
         model.zero_grad(set_to_none=True)          # the captured backward then writes .grad
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             loss, logits = _forward_backward(model, self.x, self.y, amp, label_smoothing,
-                                             graphed=True)
+                                             graphed=True, teachers=teachers)
             _add_to_totals(loss_sum, correct, labelled, loss, logits, self.y)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -175,7 +207,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
                     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
                     on_step: Callable[..., None] | None = None,
                     amp: bool = False, cuda_graph: bool = True, label_smoothing: float = 0.0,
-                    ema: EMA | None = None) -> Result:
+                    ema: EMA | None = None, teachers: Teachers | None = None) -> Result:
     """One pass over ``batches``; ``scheduler``, if given, is stepped after every batch.
 
     Loss and correct counts are summed on the device and read once at the end, so the loop
@@ -186,7 +218,8 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     ``cuda_graph``: on a CUDA device, replay full-size batches from a CUDA graph (``_GraphedStep``);
     ignored elsewhere. Pass False for a ``torch.compile``d model, which manages its own.
     ``label_smoothing`` is passed to the training loss (so the reported loss includes it);
-    ``ema``, if given, is updated after every optimizer step.
+    ``ema``, if given, is updated after every optimizer step; ``teachers``, if given, take
+    their share of the loss (``Teachers``).
 
     Under DistributedDataParallel ``batches`` yields this process's slice of every batch. DDP
     averages the processes' gradients; each slice's loss is weighted by its share of the batch
@@ -206,13 +239,14 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
         weight = parts * len(y) / next(sizes) if sizes else 1.0
         if cuda_graph and device.type == "cuda" and graphed is None:
             graphed = _GraphedStep(model, x, y, loss_sum, correct, labelled, amp,
-                                   label_smoothing)
+                                   label_smoothing, teachers)
         if graphed is not None and x.shape == graphed.x.shape:
             graphed(x, y)
         else:
             # Zeroed in place: with a graph, these gradient tensors are the ones it writes.
             optimizer.zero_grad(set_to_none=graphed is None)
-            loss, logits = _forward_backward(model, x, y, amp, label_smoothing, weight=weight)
+            loss, logits = _forward_backward(model, x, y, amp, label_smoothing, weight=weight,
+                                             teachers=teachers)
             _add_to_totals(loss_sum, correct, labelled, loss, logits, y)
         optimizer.step()
         if ema is not None:

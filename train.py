@@ -60,6 +60,11 @@ ELASTIC = 0.0            # with AUGMENT: an elastic distortion of this many pixe
 OUTLIERS = 0.1           # drawn non-digits added, as a share of the training digits (0: none)
 LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
 EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
+# Knowledge distillation (engine.Teachers): the loss also learns the probabilities of trained
+# models, e.g. --teachers runs/a/best_model.pth runs/b/best_model.pth (docs/experiments.md).
+TEACHERS = None          # checkpoints of the same data set whose averaged readings are learned
+DISTILL = 0.5            # with TEACHERS: the share of the loss that learns their readings
+DISTILL_TEMPERATURE = 2.0  # with TEACHERS: both sides' logits are divided by it (softened)
 VAL_SIZE = 5000          # images held out of the 60,000 to pick the epoch kept (0: keep the last)
 # Validation cannot tell apart epochs within a standard error of its best accuracy (about five
 # images of 5,000); the latest of them tested 0.06 points better than the best over 8 seeds.
@@ -100,6 +105,9 @@ CHECKS = {
     "outliers": dict(type=ranged(float, 0, 1)),
     "label_smoothing": dict(type=ranged(float, 0, 1, high_open=True)),
     "ema_decay": dict(type=ranged(float, 0, 1, high_open=True)),
+    "teachers": dict(nargs="+", metavar="CHECKPOINT"),
+    "distill": dict(type=ranged(float, 0, 1)),
+    "distill_temperature": dict(type=ranged(float, 0, low_open=True)),
     "val_size": dict(type=ranged(int, 0, datasets.TRAIN_SIZE - 1)),
     "keep_within": dict(type=ranged(float, 0)),
     "seed": dict(type=ranged(int, 0)),
@@ -232,7 +240,8 @@ def adopt_saved_settings(args: argparse.Namespace, state: dict, device: torch.de
                              f"with --device {state['device']}")
     # Runs saved before these settings existed trained MNIST without them.
     saved = ({"label_smoothing": 0.0, "ema_decay": 0.0, "dataset": "mnist", "flip": False,
-              "keep_within": 0.0, "elastic": 0.0, "outliers": 0.0} | state["hparams"])
+              "keep_within": 0.0, "elastic": 0.0, "outliers": 0.0, "teachers": None,
+              "distill": DISTILL, "distill_temperature": DISTILL_TEMPERATURE} | state["hparams"])
     for name in sorted(args.given - {"epochs"}):
         if getattr(args, name) != saved[name]:
             raise cli.UsageError(f"--{name.replace('_', '-')} {getattr(args, name)} conflicts "
@@ -281,6 +290,28 @@ def make_batches(args, device: torch.device, generator: torch.Generator, world: 
                                     device, mean, std, part=part) if val_size else None)
     return train_batches, val_batches, datasets.Batches(test_images, test_labels,
                                                         engine.EVAL_BATCH_SIZE, device, mean, std)
+
+
+def load_teachers(args, device: torch.device, batches: datasets.Batches
+                  ) -> engine.Teachers | None:
+    """The --teachers, each fed the pixels normalized as it was trained (a tutorial state_dict
+    was trained on unnormalized ones); none may be a file that this run writes over."""
+    if not args.teachers:
+        return None
+    models, normalizations = [], []
+    written = {(Path(args.save_dir) / name).resolve() for name in OUTPUTS}
+    for path in args.teachers:
+        if Path(path).resolve() in written:
+            raise cli.UsageError(f"the teacher {path} is where this run saves: copy it "
+                                 f"elsewhere or pass another --save-dir")
+        teacher = load_checkpoint(path)
+        if teacher["dataset"] != args.dataset:
+            raise cli.UsageError(f"the teacher {path} was trained on {teacher['dataset']}, "
+                                 f"not {args.dataset}: pass teachers of the same data set")
+        models.append(model_from_checkpoint(teacher, device, path))
+        scale = batches.std / teacher["std"]
+        normalizations.append((scale, (batches.mean - teacher["mean"]) / teacher["std"]))
+    return engine.Teachers(models, normalizations, args.distill, args.distill_temperature)
 
 
 def make_scheduler(optimizer, args, epochs: int, steps_per_epoch: int):
@@ -434,6 +465,7 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
     # Data: the generator drives the order and the augmentation of every pass.
     generator = torch.Generator(device).manual_seed(args.seed)
     train_batches, val_batches, test_batches = make_batches(args, device, generator, world)
+    teachers = load_teachers(args, device, train_batches)
 
     # Model, weight average, optimizer and schedule (or all of them as a stopped run left them)
     torch.manual_seed(args.seed)
@@ -470,7 +502,8 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
                                          scheduler if per_batch else None, on_step,
                                          amp=args.amp,
                                          cuda_graph=not args.compile and world.size == 1,
-                                         label_smoothing=args.label_smoothing, ema=ema)
+                                         label_smoothing=args.label_smoothing, ema=ema,
+                                         teachers=teachers)
         train_seconds = time.perf_counter() - start
         if scheduler is not None and not per_batch:
             scheduler.step()
@@ -524,10 +557,12 @@ def heading(args: argparse.Namespace, world: ddp.World, device: torch.device,
     processes = (f", {world.size} processes of {threads} thread{'' if threads == 1 else 's'}"
                  if world.size > 1 else "")
     drawn = int((train_batches.labels == engine.NO_CLASS).sum())
+    teachers = len(args.teachers or [])
+    taught = f" taught by {teachers} trained model{'s' * (teachers > 1)}" if teachers else ""
     return (f"training LeNet-5 on {len(train_batches.labels) - drawn:,} "
             f"{datasets.DATASETS[args.dataset].title} images"
             f"{f' and {drawn:,} drawn non-digits' if drawn else ''} (validation "
-            f"{len(val_batches.labels) if val_batches else 0:,}) on {device.type} for "
+            f"{len(val_batches.labels) if val_batches else 0:,}){taught} on {device.type} for "
             f"{args.epochs} epoch{'' if args.epochs == 1 else 's'}{processes}\n"
             f"{'epoch':>5} {'train loss':>10} {'train acc':>9} {'val loss':>8} {'val acc':>8} "
             f"{'lr':>8} {'time':>6} {'img/s':>7}")

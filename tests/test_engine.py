@@ -122,3 +122,31 @@ def test_short_training_on_real_mnist_reaches_real_accuracy():
                                                      500, CPU))
     assert result.total == 2000
     assert result.accuracy >= 0.90, result.accuracy
+
+
+def test_a_student_learns_its_teachers_readings_not_only_the_labels(reader):
+    """A teacher that reads every digit as the next one (a trained model with its outputs
+    rotated): with the whole loss its share, the student reads as the teacher does; with none,
+    as the labels say. Both from the same start, on the same batches."""
+    from checkpoint import load_checkpoint, model_from_checkpoint
+    teacher = model_from_checkpoint(load_checkpoint(reader), CPU, reader)
+    last = teacher.net[-1]
+    with torch.no_grad():
+        last.weight.copy_(last.weight.roll(1, 0))
+        last.bias.copy_(last.bias.roll(1, 0))
+    images, labels = datasets.load(ROOT / "data", "train")
+    test_images, test_labels = datasets.load(ROOT / "data", "test")
+    test = datasets.Batches(test_images[:1000], test_labels[:1000], 500, CPU)
+    for share, reads_as in ((1.0, (test_labels[:1000] + 1) % 10), (0.0, test_labels[:1000])):
+        torch.manual_seed(0)
+        student = LeNet5()
+        teachers = engine.Teachers([teacher], [(1, 0)], share, temperature=2.0)
+        batches = datasets.Batches(images[:4000], labels[:4000], 64, CPU, shuffle=True,
+                                   generator=torch.Generator().manual_seed(0))
+        optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
+        for _ in range(2):
+            engine.train_one_epoch(student, batches, optimizer, teachers=teachers)
+        agree = engine.evaluate(student, datasets.Batches(test_images[:1000], reads_as, 500,
+                                                          CPU)).accuracy
+        assert agree >= 0.9, (share, agree)
+    assert engine.evaluate(teacher, test).accuracy < 0.05     # the teacher really is wrong

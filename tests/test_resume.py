@@ -174,7 +174,7 @@ def test_a_run_saved_before_later_settings_existed_resumes_without_them(tmp_path
     path = tmp_path / "last.pth"
     state = torch.load(path, weights_only=True)
     later = ("label_smoothing", "ema_decay", "dataset", "flip", "keep_within", "elastic",
-             "outliers")
+             "outliers", "teachers", "distill", "distill_temperature")
     for name in later:
         del state["hparams"][name]
     del state["train_weights"], state["ema_updates"], state["dataset"]
@@ -184,7 +184,8 @@ def test_a_run_saved_before_later_settings_existed_resumes_without_them(tmp_path
     assert "drawn non-digits" not in result.stdout
     resumed = torch.load(path, weights_only=True)
     assert [resumed["hparams"][name] for name in (*later, "epochs")] == [
-        0.0, 0.0, "mnist", False, 0.0, 0.0, 0.0, 2]
+        0.0, 0.0, "mnist", False, 0.0, 0.0, 0.0, None, train.DISTILL,
+        train.DISTILL_TEMPERATURE, 2]
     assert resumed["dataset"] == "mnist"
 
 

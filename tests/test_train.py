@@ -14,6 +14,7 @@ import datasets
 import ddp
 import engine
 import train
+from net import LeNet5
 from conftest import ROOT, SMOKE, assert_one_line_error, next_line, run_main
 
 
@@ -137,6 +138,58 @@ def test_drawn_non_digits_join_the_training_digits_only(tmp_path):
                     "--device", "cpu", "--save-dir", tmp_path).returncode == 0
     assert torch.load(tmp_path / "last.pth", weights_only=True)["hparams"]["outliers"] == 0.25
 
+
+def test_teachers_change_the_training_and_are_saved_with_the_run(tmp_path, reader):
+    """The same seed with and without a teacher: other weights, and the run names it."""
+    flags = ("--subset", "600", "--epochs", "1", "--device", "cpu")
+    assert run_main(train, *flags, "--save-dir", tmp_path / "alone").returncode == 0
+    taught = run_main(train, *flags, "--teachers", reader, "--save-dir", tmp_path / "taught")
+    assert taught.returncode == 0, taught.stderr
+    assert "(validation 50) taught by 1 trained model on cpu" in taught.stdout
+    hparams = torch.load(tmp_path / "taught" / "last.pth", weights_only=True)["hparams"]
+    assert hparams["teachers"] == [str(reader)]
+    assert (hparams["distill"], hparams["distill_temperature"]) == (train.DISTILL,
+                                                                    train.DISTILL_TEMPERATURE)
+    assert not torch.equal(weights(tmp_path / "alone" / "last.pth")["net.0.weight"],
+                           weights(tmp_path / "taught" / "last.pth")["net.0.weight"])
+
+
+def test_a_teacher_reads_the_pixels_as_it_was_trained_on_them(tmp_path, reader):
+    """The tutorial's state_dict was trained on unnormalized pixels: as a teacher it gets them
+    back from the run's normalized ones."""
+    model = LeNet5()
+    model.load_state_dict(torch.load(reader, weights_only=True)["model"])
+    torch.save(model.state_dict(), tmp_path / "tutorial.pth")
+    args = train.parse_args(["--teachers", str(tmp_path / "tutorial.pth"), reader.as_posix(),
+                             "--subset", "600"])
+    batches = train.make_batches(args, torch.device("cpu"), torch.Generator(), ddp.World())[0]
+    teachers = train.load_teachers(args, torch.device("cpu"), batches)
+    x = batches.images[:100]
+    normalized = (x - batches.mean) / batches.std
+    with torch.no_grad():
+        tutorial = model.eval()(x).div(train.DISTILL_TEMPERATURE).softmax(1)
+        shipped = teachers.models[1](normalized).div(train.DISTILL_TEMPERATURE).softmax(1)
+    torch.testing.assert_close(teachers.probabilities(normalized), (tutorial + shipped) / 2,
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("teacher, message, code", [
+    ("missing.pth", "no checkpoint at", 1),
+    ("fashion.pth", "was trained on fashion-mnist, not mnist", 2),
+    ("run/best_model.pth", "is where this run saves: copy it elsewhere", 2),
+])
+def test_a_teacher_that_cannot_teach_is_one_line(tmp_path, reader, teacher, message, code):
+    """Missing, of another data set, or about to be overwritten by the run it teaches."""
+    checkpoint = torch.load(reader, weights_only=True)
+    torch.save(checkpoint | {"dataset": "fashion-mnist"}, tmp_path / "fashion.pth")
+    (tmp_path / "run").mkdir()
+    torch.save(checkpoint, tmp_path / "run" / "best_model.pth")
+    result = run_main(train, "--subset", "600", "--epochs", "1", "--teachers",
+                      tmp_path / teacher, "--save-dir", tmp_path / "run")
+    assert_one_line_error(result, message, code=code)
+    assert not (tmp_path / "run" / "last.pth").exists()
+    assert torch.equal(weights(tmp_path / "run" / "best_model.pth")["net.0.weight"],
+                       checkpoint["model"]["net.0.weight"])
 
 def test_the_weight_average_is_what_is_validated_and_saved(trained, tmp_path):
     last = torch.load(trained / "last.pth", weights_only=True)
