@@ -287,4 +287,3 @@ def evaluate(model: nn.Module, batches, num_classes: int = 10, amp: bool = False
     confusion = confusion.view(num_classes, num_classes).cpu()
     total = int(confusion.sum())
     return Result(loss_sum.item() / total, int(confusion.trace()), total, confusion)
-

@@ -160,7 +160,7 @@ def test_a_teacher_reads_the_pixels_as_it_was_trained_on_them(tmp_path, reader):
     model = LeNet5()
     model.load_state_dict(torch.load(reader, weights_only=True)["model"])
     torch.save(model.state_dict(), tmp_path / "tutorial.pth")
-    args = train.parse_args(["--teachers", str(tmp_path / "tutorial.pth"), reader.as_posix(),
+    args = train.parse_args(["--teachers", str(tmp_path / "tutorial.pth"), str(reader),
                              "--subset", "600"])
     batches = train.make_batches(args, torch.device("cpu"), torch.Generator(), ddp.World())[0]
     teachers = train.load_teachers(args, torch.device("cpu"), batches)
@@ -190,6 +190,7 @@ def test_a_teacher_that_cannot_teach_is_one_line(tmp_path, reader, teacher, mess
     assert not (tmp_path / "run" / "last.pth").exists()
     assert torch.equal(weights(tmp_path / "run" / "best_model.pth")["net.0.weight"],
                        checkpoint["model"]["net.0.weight"])
+
 
 def test_the_weight_average_is_what_is_validated_and_saved(trained, tmp_path):
     last = torch.load(trained / "last.pth", weights_only=True)
