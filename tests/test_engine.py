@@ -1,4 +1,5 @@
-"""The training core: device switch, accuracy over a split, evaluation mode, EMA, loss."""
+"""The training core: device switch, accuracy over a split, evaluation mode, EMA, loss,
+teachers."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +7,7 @@ from torch import nn
 
 import datasets
 import engine
+from checkpoint import load_checkpoint, model_from_checkpoint
 from conftest import ROOT
 from net import LeNet5
 
@@ -128,7 +130,6 @@ def test_a_student_learns_its_teachers_readings_not_only_the_labels(reader):
     """A teacher that reads every digit as the next one (a trained model with its outputs
     rotated): with the whole loss its share, the student reads as the teacher does; with none,
     as the labels say. Both from the same start, on the same batches."""
-    from checkpoint import load_checkpoint, model_from_checkpoint
     teacher = model_from_checkpoint(load_checkpoint(reader), CPU, reader)
     last = teacher.net[-1]
     with torch.no_grad():
