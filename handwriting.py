@@ -119,8 +119,9 @@ def _shrink(x: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _max_pool(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The largest value in the k x k window (k odd) centred on each pixel."""
-    return F.max_pool2d(x[None, None], k, stride=1, padding=k // 2)[0, 0]
+    """The largest value in the k x k window (k odd) centred on each pixel (OpenCV's dilation:
+    torch's stride-1 max_pool2d takes 50 times as long)."""
+    return torch.from_numpy(cv2.dilate(x.numpy(), np.ones((k, k), np.uint8)))
 
 
 def ink_on_dark(x: torch.Tensor, window: int | None = None) -> torch.Tensor:
