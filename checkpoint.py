@@ -88,4 +88,3 @@ def model_from_checkpoint(checkpoint: dict, device: torch.device, path: str | Pa
         raise CheckpointError(f"{path} holds weights of another model ({first.rstrip('.')})"
                               ) from None
     return model.eval()
-

@@ -222,4 +222,3 @@ def calibration_error(rows: list[tuple[float, float, int]]) -> float:
     accuracy and mean confidence, weighted by each bin's share of the images."""
     return (sum(count * abs(accuracy - mean_confidence)
                 for mean_confidence, accuracy, count in rows) / sum(row[2] for row in rows))
-

@@ -232,8 +232,8 @@ COLUMNS = [("val_accuracy", "val acc"), ("test_accuracy", "test acc"),
 
 def table(rows: list[dict]) -> str:
     """The finished seeds' ``rows`` and their mean, standard error, min and max, as text."""
-    lines = [f"{'seed':>6} {'kept epoch':>10} " + " ".join(f"{h:>{max(9, len(h))}}"
-                                                         for _, h in COLUMNS)]
+    headings = " ".join(f"{h:>{max(9, len(h))}}" for _, h in COLUMNS)
+    lines = [f"{'seed':>6} {'kept epoch':>10} " + headings]
 
     def cell(value, heading, places=2):
         width = max(9, len(heading))

@@ -211,4 +211,3 @@ KINDS = {"noise": _noise, "blurred texture": _texture, "stripes": _stripes,
 def nondigit_set(per_kind: int = 20, seed: int = 0) -> list[tuple[str, Image.Image]]:
     rng = random.Random(seed)
     return [(kind, make(rng)) for kind, make in KINDS.items() for _ in range(per_kind)]
-

@@ -505,8 +505,8 @@ def test_an_error_clears_the_previous_reading(page, tmp_path):
 
 
 @pytest.mark.processes
-def test_on_a_phone_the_answer_the_error_and_the_28x28_view_are_on_screen(browser, server,
-                                                                         tmp_path):
+def test_on_a_phone_the_answer_the_error_and_the_28x28_view_are_on_screen(
+        browser, server, tmp_path):
     context = browser.new_context(has_touch=True, is_mobile=True,
                                   viewport={"width": 390, "height": 844})
     tab = context.new_page()
@@ -571,7 +571,8 @@ def layer_pixels(tab) -> dict:
     """Each map's pixels on the page, by layer and map."""
     return tab.evaluate("""Object.fromEntries([...document.querySelectorAll('#layers canvas')]
         .map((c) => [`${c.dataset.layer} ${c.dataset.index}`,
-                     Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data)]))""")
+                     Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height)
+                                .data)]))""")
 
 
 @pytest.mark.processes

@@ -155,8 +155,8 @@ def test_rendered_mnist_digits_are_recognized(model, style):
     prepared = torch.stack([handwriting.prepare(render(i, **style)) for i in DIGITS])
     normalized = ((prepared - datasets.MEAN) / datasets.STD).unsqueeze(1)
     predicted = confidence.Reader(model, {}).probabilities(normalized).argmax(1)
-    original = confidence.Reader(model, {}).probabilities(((TEST_IMAGES[list(DIGITS)].float() / 255 - datasets.MEAN)
-                                      / datasets.STD).unsqueeze(1)).argmax(1)
+    as_tested = (TEST_IMAGES[list(DIGITS)].float() / 255 - datasets.MEAN) / datasets.STD
+    original = confidence.Reader(model, {}).probabilities(as_tested.unsqueeze(1)).argmax(1)
     truth = TEST_LABELS[list(DIGITS)]
     assert (predicted == truth).sum() >= (original == truth).sum() - 1, (predicted, truth)
 

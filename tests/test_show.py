@@ -199,10 +199,10 @@ def test_own_pictures_say_not_a_digit_and_how_sure(reader, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     for i, (_, digit, _) in enumerate(digits):
-        line = next(l for l in lines if f"a{i}.jpg" in l)
+        line = next(text for text in lines if f"a{i}.jpg" in text)
         assert re.search(rf"a{i}\.jpg: {digit}  \(\d+\.\d% sure; then ", line), line
     for i in range(len(others)):
-        line = next(l for l in lines if f"b{i}.png" in l)
+        line = next(text for text in lines if f"b{i}.png" in text)
         assert re.search(rf"b{i}\.png: not a digit \(as a digit: \d \d+\.\d%, then ", line), line
     assert (tmp_path / "own.png").exists()
 

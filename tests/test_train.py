@@ -92,9 +92,9 @@ def test_the_last_lines_say_which_epoch_was_kept_and_why():
 
 
 @pytest.mark.parametrize("within, val_size, kept", [(0, 5000, 3), (1, 5000, 5), (2, 5000, 5),
-                                                     (3, 5000, 6), (1, 250, 6)])
-def test_the_kept_epoch_is_the_latest_that_validation_cannot_tell_from_the_best(within,
-                                                                                 val_size, kept):
+                                                    (3, 5000, 6), (1, 250, 6)])
+def test_the_kept_epoch_is_the_latest_that_validation_cannot_tell_from_the_best(
+        within, val_size, kept):
     # One standard error of 99.40 % on 5,000 images is 0.109 points; on 250 images 0.488.
     accuracies = [0.9900, 0.9940, 0.9940, 0.9910, 0.9932, 0.9915]
     history = [{"epoch": epoch, "val_accuracy": accuracy}
@@ -228,7 +228,7 @@ def test_schedulers_are_really_stepped(tmp_path):
 
 @pytest.mark.parametrize("every, drawn", [(1e9, [4]), (0, [1, 2, 3, 4])])
 def test_curves_are_drawn_every_so_often_and_after_the_last_epoch(tmp_path, monkeypatch,
-                                                                   every, drawn):
+                                                                  every, drawn):
     """A drawing takes longer than a small epoch: before the last epoch, curves.png is drawn
     only once CURVES_EVERY seconds have passed since the start or the last drawing."""
     histories = []
