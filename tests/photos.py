@@ -54,7 +54,8 @@ def page(rng: random.Random, digit: np.ndarray, size: tuple[int, int], paper: st
          share: tuple[float, float] = (0.35, 0.7)) -> np.ndarray:
     """A sheet ``size`` (w, h) of ``paper`` with the digit written on it (RGB in [0, 1])."""
     w, h = size
-    sheet = np.ones((h, w, 3)) * np.array(PAPERS[paper])
+    sheet = np.empty((h, w, 3))
+    sheet[:] = PAPERS[paper]
     if ruling == "lined":
         gap = rng.randint(h // 12, h // 7)
         sheet[rng.randrange(gap)::gap] = (0.55, 0.7, 0.9)
@@ -104,7 +105,7 @@ def shadow(rng: random.Random, x: np.ndarray, share: tuple[float, float] = (0.33
     """A hard shadow (a hand, a phone) over ``share`` of the photo, from one side, with a
     straight or gently curved edge."""
     h, w = x.shape[:2]
-    ys, xs = np.mgrid[0:h, 0:w]
+    ys, xs = np.ogrid[0:h, 0:w]
     angle = rng.uniform(0, 2 * math.pi)
     along = (xs - w / 2) * math.cos(angle) + (ys - h / 2) * math.sin(angle)
     across = -(xs - w / 2) * math.sin(angle) + (ys - h / 2) * math.cos(angle)
@@ -119,18 +120,19 @@ def camera(rng: random.Random, x: np.ndarray, noise: float = 0.01, blur: float =
            vignette: float = 0.0) -> np.ndarray:
     h, w = x.shape[:2]
     if vignette:
-        ys, xs = np.mgrid[0:h, 0:w]
+        ys, xs = np.ogrid[0:h, 0:w]
         r = np.hypot((xs - rng.uniform(0.3, 0.7) * w) / w, (ys - rng.uniform(0.3, 0.7) * h) / h)
         x = x * (1 - vignette * np.clip(r / 0.8, 0, 1) ** 2)[..., None]
     if blur:
         x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), blur)
-    x = x + np.random.default_rng(rng.randrange(2**32)).normal(0, noise, x.shape)
-    return np.clip(x, 0, 1)
+    x = x + noise * np.random.default_rng(rng.randrange(2**32)).standard_normal(x.shape)
+    return np.clip(x, 0, 1, out=x)
 
 
 def encoded(x: np.ndarray, kind: str = "JPEG", quality: int = 85, exif: Image.Exif | None = None
             ) -> bytes:
-    picture = Image.fromarray((np.clip(x, 0, 1) * 255).round().astype(np.uint8))
+    levels = np.clip(x, 0, 1) * 255
+    picture = Image.fromarray(np.round(levels, out=levels).astype(np.uint8))
     buffer = io.BytesIO()
     options = {"quality": quality} if kind == "JPEG" else {}
     if exif is not None:
@@ -242,7 +244,7 @@ def _uneven_light(rng, digit):
 def _glare(rng, digit):
     w, h = phone_size(rng)
     x = page(rng, digit, (w, h), paper=rng.choice(["white", "blue", "pink"])) * 0.8
-    ys, xs = np.mgrid[0:h, 0:w]
+    ys, xs = np.ogrid[0:h, 0:w]
     cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(0.1, 0.3) * min(w, h)
     x = x + 0.4 * np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * r * r))[..., None]
     return encoded(camera(rng, x))
