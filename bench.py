@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from torchvision import datasets as torchvision_datasets, transforms
 
 import datasets
 import engine
@@ -95,6 +94,9 @@ def timed(work, device: torch.device) -> float:
 
 def article_loader(data_dir: str, batch_size: int = 16) -> DataLoader:
     """The tutorial's pipeline: a PIL image per sample, converted by ToTensor, in a DataLoader."""
+    # Imported here: torchvision (with the torch._dynamo it loads) takes a second to import,
+    # and only the tutorial's side of the race needs it.
+    from torchvision import datasets as torchvision_datasets, transforms
     dataset = torchvision_datasets.MNIST(data_dir, train=True, transform=transforms.ToTensor())
     return DataLoader(dataset, batch_size=batch_size, shuffle=True)
 

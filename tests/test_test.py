@@ -8,7 +8,6 @@ import pytest
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
-from torchvision import datasets as torchvision_datasets, transforms
 
 import datasets
 import engine
@@ -44,6 +43,7 @@ def test_report_table_and_json_agree_with_the_checkpoint(trained, tmp_path):
 
 def tutorial_test_accuracy(model):
     """The tutorial's own test loop: torchvision dataset, ToTensor, batches of 16."""
+    from torchvision import datasets as torchvision_datasets, transforms   # a second to import
     data = torchvision_datasets.MNIST(ROOT / "data", train=False, transform=transforms.ToTensor())
     correct = 0
     model.eval()
