@@ -61,7 +61,8 @@ OUTLIERS = 0.1           # drawn non-digits added, as a share of the training di
 LABEL_SMOOTHING = 0.1    # share of each target spread over the other classes in the loss
 EMA_DECAY = 0.999        # the weights validated and saved are this moving average (0: off)
 # Knowledge distillation (engine.Teachers): the loss also learns the probabilities of trained
-# models. Two default runs as teachers gained nothing over 8 seeds (docs/experiments.md).
+# models. Two or four default runs as teachers: not told apart from the default over 8 seeds
+# (docs/experiments.md).
 TEACHERS = None          # checkpoints of the same data set whose averaged readings are learned
 DISTILL = 0.5            # with TEACHERS: the share of the loss that learns their readings
 DISTILL_TEMPERATURE = 2.0  # with TEACHERS: both sides' logits are divided by it (softened)

@@ -14,8 +14,8 @@ import datasets
 import ddp
 import engine
 import train
-from net import LeNet5
 from conftest import ROOT, SMOKE, assert_one_line_error, next_line, run_main
+from net import LeNet5
 
 
 def read_history(save_dir):
