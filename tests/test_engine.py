@@ -110,6 +110,33 @@ def test_label_smoothing_is_the_training_loss():
         assert loss == pytest.approx(expected, rel=1e-6), smoothing
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_digits_alone_train_exactly_as_the_loss_that_handles_no_class(smoothing):
+    """Data without NO_CLASS pictures take the plain cross-entropy: the same weights to the last
+    bit as the loss that also handles them (which batches without ``labels`` always take)."""
+    images, labels = datasets.load(ROOT / "data", "train")
+
+    class Unlabelled:       # the same batches, no ``labels`` to check
+        def __init__(self, batches):
+            self.batches = batches
+
+        def __iter__(self):
+            return iter(self.batches)
+
+    runs = []
+    for wrap in (lambda batches: batches, Unlabelled):
+        torch.manual_seed(0)
+        model = engine.new_model(CPU)
+        batches = datasets.Batches(images[:640], labels[:640], 64, CPU, shuffle=True,
+                                   augment=1.0, generator=torch.Generator().manual_seed(0))
+        result = engine.train_one_epoch(model, wrap(batches), engine.new_optimizer(
+            model, "adamw", 1e-3), label_smoothing=smoothing)
+        runs.append((result, [p.detach() for p in model.parameters()]))
+    (plain, plain_weights), (general, general_weights) = runs
+    assert plain == general and plain.total == 640
+    assert all(map(torch.equal, plain_weights, general_weights))
+
+
 def test_short_training_on_real_mnist_reaches_real_accuracy():
     torch.manual_seed(0)
     images, labels = datasets.load(ROOT / "data", "train")
