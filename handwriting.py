@@ -102,7 +102,14 @@ def saturation(image: Image.Image) -> torch.Tensor:
     """How coloured each pixel is, in [0, 1] (HSV's saturation: a shadow leaves it as it is)."""
     if image.mode not in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
         return torch.zeros(image.height, image.width)
-    return _tensor(image.convert("RGB").convert("HSV").getchannel("S"))
+    # Pillow's arithmetic (a float quotient times 255, truncated: the same value for every
+    # colour) on OpenCV's channel extremes; Pillow's HSV conversion took twice as long, a third
+    # of a photo's preparation.
+    red, green, blue = cv2.split(np.asarray(image.convert("RGB")))
+    top = cv2.max(cv2.max(red, green), blue)
+    spread = top - cv2.min(cv2.min(red, green), blue)
+    quotient = spread.astype(np.float32) / np.maximum(top, 1).astype(np.float32)
+    return torch.from_numpy((quotient * 255).astype(np.uint8)).float() / 255
 
 
 def _tensor(image: Image.Image) -> torch.Tensor:
@@ -136,7 +143,8 @@ def ink_on_dark(x: torch.Tensor, window: int | None = None) -> torch.Tensor:
     # extremes are the outer 0.1 % of the pixels: a digit small on its page can cover under
     # 2 %, and coarser quantiles then see only paper and guess light ink.
     paper = torch.cat([x[0], x[-1], x[:, 0], x[:, -1]]).quantile(0.75)
-    light_paper = paper - x.quantile(0.001) > x.quantile(0.999) - paper
+    darkest, lightest = x.quantile(torch.tensor([0.001, 0.999]))
+    light_paper = paper - darkest > lightest - paper
     if light_paper:    # dark ink: light falls on paper and ink alike, so divide its level out
         return (1 - x / _paper(x, k).clamp(min=1e-3)).clamp(min=0)
     return (x + _paper(-x, k)).clamp(min=0)      # dark paper: the light paper of -x, negated

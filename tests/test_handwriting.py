@@ -77,6 +77,19 @@ def test_transparent_drawing_is_not_blank():
     assert (x > 0.5).sum() > 30
 
 
+def test_saturation_is_pillows_hsv_saturation_for_every_colour():
+    """Saturation depends on a colour's largest and smallest channel only: every such pair,
+    each channel taking each role, against Pillow's own HSV conversion."""
+    top, low = np.triu_indices(256)[::-1]           # every top >= low
+    middle = (top + low) // 2
+    colours = np.concatenate([np.stack(order, 1) for order in
+                              [(top, low, middle), (low, middle, top), (middle, top, low)]])
+    picture = Image.fromarray(colours.astype(np.uint8)[None], "RGB")
+    expected = torch.from_numpy(np.array(picture.convert("HSV").getchannel("S"))).float() / 255
+    assert torch.equal(handwriting.saturation(picture), expected)
+    assert handwriting.saturation(picture.convert("L")).count_nonzero() == 0
+
+
 def test_specks_far_from_the_digit_are_ignored():
     clean = handwriting.prepare(render(2, specks=False, uneven=False))
     dusty = handwriting.prepare(render(2, specks=True, uneven=False))
