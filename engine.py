@@ -240,7 +240,7 @@ def train_one_epoch(model: nn.Module, batches, optimizer: torch.optim.Optimizer,
     correct = torch.zeros((), dtype=torch.long, device=device)
     labelled = torch.zeros((), dtype=torch.long, device=device)
     # Data without pictures of NO_CLASS take the plain cross-entropy: at batch 16 on the CPU a
-    # step was 9 % faster than with the loss that also handles them (docs/speed.md).
+    # step was 7 % faster than with the loss that also handles them (docs/speed.md).
     labels = getattr(batches, "labels", None)
     with_no_class = labels is None or bool((labels == NO_CLASS).any())
     graphed = None
