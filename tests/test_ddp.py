@@ -156,7 +156,12 @@ def test_two_nodes_on_one_machine_equal_one_node_of_two_processes(tmp_path, two_
          "--rdzv-id=test", "train.py", *RUN, "--save-dir", str(tmp_path / f"node{rank}")],
         cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    results = [node.communicate(timeout=300) for node in nodes]
+    try:
+        results = [node.communicate(timeout=180) for node in nodes]
+    except subprocess.TimeoutExpired:       # stopped as a person would, to see what each said
+        for node in nodes:
+            node.send_signal(signal.SIGINT)
+        pytest.fail(f"the nodes did not finish: {[node.communicate(timeout=60) for node in nodes]}")
     assert [node.returncode for node in nodes] == [0, 0], results
     # c10d numbers the nodes itself (by host name, then process id), whatever --node-rank says;
     # the node that got rank 0 alone talks and writes.
