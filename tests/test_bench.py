@@ -1,9 +1,12 @@
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import bench
+import ddp
+import engine
 import train
 from conftest import assert_one_line_error, run, run_main
 from net import LeNet5
@@ -41,6 +44,25 @@ def test_quick_bench_table(quick, capsys):
     speed = quick["article_settings"]
     assert f"speed-up {speed['speedup']:.2f}x" in out
     assert f"{speed['ours_images_per_s']:>9,.0f}" in out
+
+
+def test_the_defaults_train_on_what_train_py_trains_on(monkeypatch):
+    """Drawn non-digits included: without them the loss takes a shorter path (engine._loss)
+    and the throughput would not be train.py's."""
+    seen = []
+    monkeypatch.setattr(engine, "train_one_epoch",
+                        lambda model, batches, *args, **kwargs: seen.append(batches))
+    monkeypatch.setattr(engine, "evaluate", lambda *args, **kwargs: None)
+    args = bench.parse_args(["--quick"])
+    labels = torch.zeros(3000, dtype=torch.long)
+    bench.default_throughput(args, torch.device("cpu"), labels, SimpleNamespace(labels=labels))
+    defaults = train.parse_args(["--subset", "3000"])
+    expected, _, _ = train.make_batches(defaults, torch.device("cpu"), torch.Generator(),
+                                        ddp.World())
+    batches = seen[0]
+    assert torch.equal(batches.labels, expected.labels)
+    assert (batches.labels == engine.NO_CLASS).sum() == round(defaults.outliers * 2750)
+    assert (batches.augment, batches.batch_size) == (expected.augment, defaults.batch_size)
 
 
 def test_race_stops_at_the_first_epoch_on_target_and_counts_only_training_time():
