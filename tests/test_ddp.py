@@ -3,6 +3,7 @@ epoch, a run continues on another number of processes, and two "nodes" on 127.0.
 Every run here is a real torchrun with real processes."""
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -142,9 +143,19 @@ def test_a_run_continues_on_another_number_of_processes(tmp_path):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a rendezvous, below Linux's ephemeral range (32768-60999 by default):
+    every outgoing connection and every bind to port 0 (other tests' torchrun, gloo) draws its
+    port from that range. One of those could take a port from it between this check and
+    torchrun's bind; the node meant to host the rendezvous would then join as a client of
+    nobody and wait (the likely cause of one hang of the two-node test in a full run)."""
+    while True:
+        port = random.randrange(20_000, 32_768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:         # taken: try another
+                continue
+            return port
 
 
 @pytest.mark.processes
