@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 import datasets
 
@@ -71,13 +71,26 @@ def open_image(file: str | Path | IO[bytes], name: str | None = None) -> Image.I
             image.load()
             if max(image.size) > MAX_SIDE:
                 image = image.reduce(-(-max(image.size) // MAX_SIDE))
-            return ImageOps.exif_transpose(image)
+            return _eight_bit(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError:
         raise ImageProblem(f"{name} is over {MAX_PIXELS // 10**6} megapixels; {too_large}"
                            ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e)
         raise ImageProblem(f"cannot read {name}: {reason}") from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grey (a scanner's PNG or TIFF) as 8-bit grey, and LAB as RGB: modes that Pillow
+    converts well to the others. Its own conversion of 16-bit grey clips every level above
+    255 to white, and it converts LAB to nothing."""
+    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
+        levels = np.asarray(image).astype(np.float32) / 257
+        return Image.fromarray(levels.round().clip(0, 255).astype(np.uint8))
+    if image.mode == "LAB":
+        lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
+        return ImageCms.applyTransform(image, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
+    return image
 
 
 def grayscale(image: Image.Image) -> torch.Tensor:

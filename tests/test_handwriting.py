@@ -67,9 +67,22 @@ def save_and_open(picture, tmp_path, name):
     (lambda i: render(i).convert("RGB"), "colour.webp"),
     (lambda i: render(i).convert("P"), "palette.gif"),
     (transparent, "drawing.png"),
+    (lambda i: Image.fromarray(np.asarray(render(i), np.uint16) * 257), "scan-16-bit.png"),
+    (lambda i: Image.merge("LAB", [render(i), *[Image.new("L", (300, 400), 128)] * 2]),
+     "lab.tif"),
 ])
 def test_each_kind_of_picture_comes_out_centred_and_light_on_dark(tmp_path, make, name):
     check_mnist_like(handwriting.prepare(save_and_open(make(0), tmp_path, name)))
+
+
+def test_a_16_bit_scan_is_read_as_its_8_bit_levels(tmp_path):
+    """Every 16-bit level v * 257 comes back as v (Pillow's own conversion made white of all
+    above 255, and the digit was "not found")."""
+    picture = render(0)
+    scan = save_and_open(Image.fromarray(np.asarray(picture, np.uint16) * 257), tmp_path,
+                         "scan.png")
+    assert scan.mode == "L" and np.array_equal(np.asarray(scan), np.asarray(picture))
+    assert torch.equal(handwriting.prepare(scan), handwriting.prepare(picture))
 
 
 def test_transparent_drawing_is_not_blank():
