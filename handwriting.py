@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 import datasets
 
@@ -40,7 +41,8 @@ BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bol
                          # down to it (thinned() says how it was measured)
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
 MAX_SIDE = 4000          # longer side kept after decoding: more detail than any digit needs
-EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic",
+              ".heif"}
 
 
 NO_DIGIT = "no digit found in the picture"
@@ -59,6 +61,7 @@ def open_image(file: str | Path | IO[bytes], name: str | None = None) -> Image.I
     reduced scale where that still leaves MAX_SIDE."""
     name = name or file
     too_large = f"pictures up to {MAX_PIXELS // 10**6} megapixels are read: make it smaller"
+    register_heif_opener()      # an iPhone's photos are HEIC, which Pillow alone cannot open
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)   # checked below

@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pillow_heif
 import pytest
 import torch
 from PIL import Image, ImageDraw
@@ -112,6 +113,15 @@ def test_a_drawing_is_read_with_the_same_preparation_as_show(server):
     assert int(probabilities.argmax()) == int(TEST_LABELS[0])
     prepared = handwriting.prepare(handwriting.open_image(io.BytesIO(png(picture))))
     assert reading["seen"] == (prepared * 255).round().byte().flatten().tolist()
+
+
+def test_an_iphone_photo_is_read(server):
+    """HEIC, the format an iPhone saves its photos in, which a browser may not show but sends."""
+    buffer = io.BytesIO()
+    pillow_heif.from_pillow(drawing(0).convert("RGB")).save(buffer)
+    status, reading = request(server, "POST", "/api/read", buffer.getvalue())
+    assert status == 200, reading
+    assert int(torch.tensor(reading["probabilities"]).argmax()) == int(TEST_LABELS[0])
 
 
 def signed_bytes(text: str) -> torch.Tensor:

@@ -1,6 +1,7 @@
 import re
 
 import numpy as np
+import pillow_heif
 import pytest
 from PIL import Image
 
@@ -115,6 +116,7 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
     folder.mkdir()
     render(0).save(folder / "seven.jpg")
     transparent(2).save(folder / "one.png")
+    pillow_heif.from_pillow(render(1).convert("RGB")).save(folder / "two.heic")   # an iPhone's
     (folder / "broken.png").write_text("not a picture")
     Image.new("L", (80, 80), 230).save(folder / "blank.png")
     out = tmp_path / "own.png"
@@ -123,15 +125,15 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
     assert result.returncode == 0, result.stderr
     # A two-epoch model may find a picture no digit; each still gets its line of figures.
     reading = r"(?:\d  \(\d+\.\d% sure;|not a digit \(as a digit: \d \d+\.\d%,)"
-    answers = dict(re.findall(rf"(\S+\.(?:jpg|png)): ({reading})", result.stdout))
-    assert set(answers) == {str(folder / "seven.jpg"), str(folder / "one.png")}
+    answers = dict(re.findall(rf"(\S+\.(?:jpg|png|heic)): ({reading})", result.stdout))
+    assert set(answers) == {str(folder / name) for name in ("seven.jpg", "one.png", "two.heic")}
     assert re.search(rf"one\.png: {reading} then \d \d+\.\d%, \d \d+\.\d%\)", result.stdout)
     skipped = result.stderr.strip().splitlines()
     assert len(skipped) == 3 and all(line.startswith("skipped ") for line in skipped)
     assert "broken.png" in result.stderr and "not an image" in result.stderr
     assert "blank.png" in result.stderr and "missing.jpg: no such file" in result.stderr
     with Image.open(out) as picture:
-        assert picture.width >= 2 * 2 * 112           # original and prepared, per picture
+        assert picture.width >= 3 * 2 * 112           # original and prepared, per picture
 
 
 def test_own_pictures_none_readable(trained, tmp_path):
