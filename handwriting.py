@@ -43,6 +43,7 @@ MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's i
 MAX_SIDE = 4000          # longer side kept after decoding: more detail than any digit needs
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic",
               ".heif"}
+READABLE = "PNG, JPEG, HEIC, WebP, TIFF, BMP or GIF"      # the common ones, for messages
 
 
 NO_DIGIT = "no digit found in the picture"
@@ -79,7 +80,8 @@ def open_image(file: str | Path | IO[bytes], name: str | None = None) -> Image.I
         raise ImageProblem(f"{name} is over {MAX_PIXELS // 10**6} megapixels; {too_large}"
                            ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e)
+        reason = (f"not a picture ({READABLE})" if isinstance(e, UnidentifiedImageError)
+                  else str(e))
         raise ImageProblem(f"cannot read {name}: {reason}") from None
 
 

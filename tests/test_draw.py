@@ -164,7 +164,7 @@ def truncated_png() -> bytes:
     (b"", 400, "nothing was sent"),
     (png(Image.new("RGBA", (280, 280), "white")), 400, "the picture is blank"),
     (b"GIF89a? not really", 400, "cannot read the picture"),
-    (b"%PDF-1.4 a document", 400, "cannot read the picture: not an image"),
+    (b"%PDF-1.4 a document", 400, "cannot read the picture: not a picture (PNG"),
     (truncated_png(), 400, "cannot read the picture: image file is truncated"),
     (bytes(50_000_000), 413, "the picture is 50.0 MB; pictures up to 20 MB are read"),
     (png(number(1, 2)), 400, "side by side: crop the picture to one digit"),
@@ -451,7 +451,8 @@ def test_a_photo_is_read_a_bad_file_is_an_error_and_nothing_is_fetched_elsewhere
     (tmp_path / "notes.png").write_text("not a picture")
     page.set_input_files("#file", str(tmp_path / "notes.png"))
     page.wait_for_selector("#error:not([hidden])")
-    assert page.inner_text("#error") == "cannot read the picture: not an image"
+    assert page.inner_text("#error") == \
+        f"cannot read the picture: not a picture ({handwriting.READABLE})"
     page.click("#clear")
     stroke_with_mouse(page, STROKES["1"][0])
     assert answer(page) == "1" and page.is_hidden("#error")

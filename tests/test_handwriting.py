@@ -164,7 +164,7 @@ def test_blank_picture_is_a_clear_problem(picture):
 def test_file_that_is_not_an_image(tmp_path):
     path = tmp_path / "notes.png"
     path.write_text("not a picture")
-    with pytest.raises(handwriting.ImageProblem, match="not an image"):
+    with pytest.raises(handwriting.ImageProblem, match=r"not a picture \(PNG, JPEG, HEIC"):
         handwriting.open_image(path)
 
 

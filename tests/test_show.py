@@ -130,7 +130,7 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
     assert re.search(rf"one\.png: {reading} then \d \d+\.\d%, \d \d+\.\d%\)", result.stdout)
     skipped = result.stderr.strip().splitlines()
     assert len(skipped) == 3 and all(line.startswith("skipped ") for line in skipped)
-    assert "broken.png" in result.stderr and "not an image" in result.stderr
+    assert "broken.png" in result.stderr and "not a picture (PNG" in result.stderr
     assert "blank.png" in result.stderr and "missing.jpg: no such file" in result.stderr
     with Image.open(out) as picture:
         assert picture.width >= 3 * 2 * 112           # original and prepared, per picture
