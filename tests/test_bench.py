@@ -61,7 +61,8 @@ def test_the_defaults_train_on_what_train_py_trains_on(monkeypatch):
                                         ddp.World())
     batches = seen[0]
     assert torch.equal(batches.labels, expected.labels)
-    assert (batches.labels == engine.NO_CLASS).sum() == round(defaults.outliers * 2750)
+    digits = int((batches.labels != engine.NO_CLASS).sum())
+    assert (batches.labels == engine.NO_CLASS).sum() == round(defaults.outliers * digits) > 0
     assert (batches.augment, batches.batch_size) == (expected.augment, defaults.batch_size)
 
 
