@@ -86,16 +86,23 @@ def open_image(file: str | Path | IO[bytes], name: str | None = None) -> Image.I
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:
-    """16-bit grey (a scanner's PNG or TIFF) as 8-bit grey, and LAB as RGB: modes that Pillow
-    converts well to the others. Its own conversion of 16-bit grey clips every level above
-    255 to white, and it converts LAB to nothing."""
-    if image.mode.startswith("I;16") or (image.mode == "I" and image.getextrema()[1] > 255):
-        levels = np.asarray(image).astype(np.float32) / 257
-        return Image.fromarray(levels.round().clip(0, 255).astype(np.uint8))
+    """16-bit grey (a scanner's PNG or TIFF) and grey in floats from 0 to 1 (a scientific
+    TIFF) as 8-bit grey, and LAB as RGB: modes that Pillow converts well to the others. Its
+    own conversion to 8 bits clips 16-bit levels above 255 to white and rounds floats below 1
+    to black, and it converts LAB to nothing."""
+    top = image.getextrema()[1] if image.mode in ("I", "F") else None
+    if image.mode.startswith("I;16") or (image.mode == "I" and top > 255):
+        return _grey(np.asarray(image).astype(np.float32) / 257)
+    if image.mode == "F" and top <= 1:
+        return _grey(np.asarray(image) * 255)
     if image.mode == "LAB":
         lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
         return ImageCms.applyTransform(image, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
     return image
+
+
+def _grey(levels: np.ndarray) -> Image.Image:
+    return Image.fromarray(levels.round().clip(0, 255).astype(np.uint8))
 
 
 def grayscale(image: Image.Image) -> torch.Tensor:

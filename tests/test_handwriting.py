@@ -75,6 +75,7 @@ def save_and_open(picture, tmp_path, name):
     (lambda i: Image.merge("LAB", [render(i), *[Image.new("L", (300, 400), 128)] * 2]),
      "lab.tif"),
     (lambda i: render(i).convert("RGB"), "iphone.heic"),
+    (lambda i: Image.fromarray(np.asarray(render(i), np.float32) / 255), "floats.tif"),
 ])
 def test_each_kind_of_picture_comes_out_centred_and_light_on_dark(tmp_path, make, name):
     check_mnist_like(handwriting.prepare(save_and_open(make(0), tmp_path, name)))
