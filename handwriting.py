@@ -80,8 +80,9 @@ def open_image(file: str | Path | IO[bytes], name: str | None = None) -> Image.I
         raise ImageProblem(f"{name} is over {MAX_PIXELS // 10**6} megapixels; {too_large}"
                            ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        # A system error (a folder, no permission) by its own words, without errno and path
         reason = (f"not a picture ({READABLE})" if isinstance(e, UnidentifiedImageError)
-                  else str(e))
+                  else e.strerror.lower() if isinstance(e, OSError) and e.strerror else str(e))
         raise ImageProblem(f"cannot read {name}: {reason}") from None
 
 
@@ -511,7 +512,8 @@ def image_files(paths: list[str]) -> tuple[list[Path], list[str]]:
     files, problems = [], []
     for path in map(Path, paths):
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS)
+            found = sorted(p for p in path.rglob("*")
+                           if p.suffix.lower() in EXTENSIONS and p.is_file())
             files += found
             if not found:
                 problems.append(f"{path}: no pictures in this folder "

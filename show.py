@@ -220,6 +220,9 @@ def show_layers(args, reader: confidence.Reader) -> str:
     classes = reader.checkpoint["classes"]
     if args.image:
         path = Path(args.image[0])
+        if path.is_dir():
+            raise cli.Problem(f"--layers draws one picture and {path} is a folder: pass one "
+                              f"of its files")
         try:
             pixels = handwriting.prepare(handwriting.open_image(path))
         except handwriting.ImageProblem as e:

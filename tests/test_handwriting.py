@@ -169,6 +169,14 @@ def test_file_that_is_not_an_image(tmp_path):
         handwriting.open_image(path)
 
 
+def test_a_file_the_system_cannot_read_is_named_in_its_words(tmp_path):
+    """An error of the system (here a folder, elsewhere no permission) in its words, without
+    Python's errno and the path a second time."""
+    with pytest.raises(handwriting.ImageProblem) as e:
+        handwriting.open_image(tmp_path)
+    assert str(e.value) == f"cannot read {tmp_path}: is a directory"
+
+
 @pytest.fixture(scope="module")
 def model():
     """A LeNet-5 trained briefly on real MNIST (about 97 % test accuracy)."""

@@ -119,6 +119,7 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
     pillow_heif.from_pillow(render(1).convert("RGB")).save(folder / "two.heic")   # an iPhone's
     (folder / "broken.png").write_text("not a picture")
     Image.new("L", (80, 80), 230).save(folder / "blank.png")
+    (folder / "album.png").mkdir()        # a folder, named as a picture: searched, not read
     out = tmp_path / "own.png"
     result = run_main(show, "--checkpoint", trained / "best_model.pth", "--image", folder,
                       tmp_path / "missing.jpg", "--out", out)
@@ -248,12 +249,13 @@ def test_layers_of_a_test_image_and_of_an_own_picture(reader, tmp_path):
     (["--layers", "--index", "10000"], "--index must be below 10000, got 10000"),
     (["--layers", "--index", "-1"], "must be >= 0"),
     (["--layers", "--image", "missing.png"], "missing.png"),
+    (["--layers", "--image", "."], "is a folder: pass one of its files"),
 ])
 def test_layers_bad_requests_are_one_line(reader, tmp_path, args, message):
     result = run_main(show, "--checkpoint", reader, *args, "--data-dir", ROOT / "data",
                       cwd=tmp_path)
     assert_one_line_error(result, message, code=1 if "below" in message or "missing" in
-                          message else 2)
+                          message or "folder" in message else 2)
 
 
 def test_captions_say_how_sure_as_the_printed_lines_do(trained, tmp_path, monkeypatch):
