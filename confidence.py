@@ -25,6 +25,8 @@ from checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint
 from net import LeNet5, look_inside, watching
 
 REFUSED_DIGITS = 0.01     # share of validation digits that the rule refuses, by construction
+# Fewer validation images cannot place the limit that refuses REFUSED_DIGITS of them.
+MIN_VALIDATION = round(1 / REFUSED_DIGITS)
 TYPICAL_LAYER = "S4"      # the pooled C3 maps (16 x 5 x 5)
 FIT_BATCH = 2000
 
@@ -75,13 +77,23 @@ def _unusual(score: torch.Tensor, typical: torch.Tensor) -> torch.Tensor:
     return -torch.log((above + 1) / (n + 1))
 
 
+class CannotCalibrate(Exception):
+    """The validation images cannot calibrate this model; the message says why."""
+
+
 def fit(model: LeNet5, train: tuple[torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor]) -> dict:
     """Everything a reading needs to be trusted, from normalized (images, labels) of the
     training and validation splits: the temperature, the S4 class means and shared precision
     of the training digits (pictures of ``engine.NO_CLASS`` left out), and the validation
     digits' scores that set the refusal limit.
-    Only tensors and floats, so that a checkpoint holds it."""
+    Only tensors and floats, so that a checkpoint holds it. ``CannotCalibrate`` when the
+    validation images are too few to place the limit, or hold no mistake."""
+    n = len(val[1])
+    if n < MIN_VALIDATION:
+        raise CannotCalibrate(f"only {n} validation image{'s' * (n != 1)}, and calibrating "
+                              f"takes {MIN_VALIDATION}: hold out more with --val-size or a "
+                              f"larger --subset")
     digits = train[1] != engine.NO_CLASS      # not the drawn non-digits of training
     train_logits, train_maps = logits_and_maps(model, train[0][digits])
     labels = train[1][digits].cpu()
@@ -94,6 +106,10 @@ def fit(model: LeNet5, train: tuple[torch.Tensor, torch.Tensor],
     precision = torch.linalg.inv(covariance + ridge * torch.eye(len(covariance)))
 
     val_logits, val_maps = logits_and_maps(model, val[0])
+    if (val_logits.argmax(1) == val[1].cpu()).all():
+        # The likelihood then only grows as the temperature falls: every answer would be 100 %.
+        raise CannotCalibrate(f"no mistake among the {n} validation images to fit a "
+                              f"temperature to: hold out more with --val-size")
     temperature = fit_temperature(val_logits, val[1])
     calibration = {"temperature": temperature, "means": means, "precision": precision}
     distance, doubt = _distance(val_maps, means, precision), _doubt(val_logits, temperature)
@@ -130,8 +146,9 @@ class Reading:
 
 class Reader:
     """A checkpoint's model with its calibration: normalized images in, ``Reading``s out.
-    A checkpoint without one (older runs, a tutorial state_dict, ``--val-size 0``) reads with
-    temperature 1 and refuses nothing but blank pictures; ``calibrated`` says which."""
+    A checkpoint without one (older runs, a tutorial state_dict, too few validation images or
+    none: its ``uncalibrated`` says why) reads with temperature 1 and refuses nothing but blank
+    pictures; ``calibrated`` says which."""
 
     def __init__(self, model: LeNet5, checkpoint: dict):
         self.model, self.checkpoint = model, checkpoint
@@ -196,9 +213,9 @@ def open_reader(path: str | Path, device: torch.device, digits_for: str | None =
                               f"handwritten digits, so it needs a model trained on MNIST")
     reader = Reader(model_from_checkpoint(checkpoint, device, path), checkpoint)
     if not reader.calibrated:
-        print(f"note: {path} holds no calibration (saved before it, or trained with "
-              f"--val-size 0): its probabilities are the network's own, and no picture is "
-              f"refused as not a digit", file=sys.stderr)
+        why = checkpoint.get("uncalibrated", "saved before it, or trained with --val-size 0")
+        print(f"note: {path} holds no calibration ({why}): its probabilities are the "
+              f"network's own, and no picture is refused as not a digit", file=sys.stderr)
     return reader
 
 

@@ -599,8 +599,8 @@ def summary(kept: dict, history: list[dict], tested: engine.Result, save_dir: Pa
                  f"its validation accuracy {kept['val_accuracy']:.2%} is {why}")
     calibrated = (f"probabilities calibrated on the validation images: temperature "
                   f"{kept['calibration']['temperature']:.3f}" if "calibration" in kept else
-                  "no validation images: probabilities are not calibrated, and nothing is "
-                  "refused as not a digit")
+                  f"{kept['uncalibrated']}: probabilities are not calibrated, and nothing is "
+                  f"refused as not a digit")
     return (f"{which}\n{calibrated}\n"
             f"test accuracy {tested.accuracy:.2%} ({tested.errors} errors / {tested.total})")
 
@@ -610,14 +610,20 @@ def finish(path: Path, device: torch.device, train_batches: datasets.Batches,
            ) -> tuple[dict, engine.Result]:
     """The kept checkpoint, with what makes its readings trustworthy (confidence.py: the
     temperature and the "no digit here" limits, fitted with the validation images, when there
-    are some) added to its file, and how it does on the test images."""
+    are enough) added to its file, or why there is none, and how it does on the test images."""
     kept = load_checkpoint(path)
     model = model_from_checkpoint(kept, device, path)
-    if val_batches:
+    if not val_batches:
+        kept["uncalibrated"] = "no validation images"
+    else:
         def split(batches):
             return (batches.images - batches.mean) / batches.std, batches.labels
-        kept["calibration"] = confidence.fit(model, split(train_batches), split(val_batches))
-        save_checkpoint(path, kept)
+        try:
+            kept["calibration"] = confidence.fit(model, split(train_batches),
+                                                 split(val_batches))
+        except confidence.CannotCalibrate as e:
+            kept["uncalibrated"] = str(e)
+    save_checkpoint(path, kept)
     return kept, engine.evaluate(model, test_batches)
 
 

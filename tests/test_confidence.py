@@ -106,6 +106,26 @@ def test_the_rule_is_fitted_on_the_training_digits_alone(shipped):
         assert torch.equal(alone[name], mixed[name]), name
 
 
+def test_validation_images_without_a_mistake_fit_no_temperature(shipped):
+    """Every validation image read right: the likelihood grows without end as the temperature
+    falls, and a fit would make every answer 100 % sure. Too few images cannot place the limit
+    of refusals. Neither calibrates."""
+    checkpoint, reader = shipped
+    x = normalized(checkpoint, TEST_IMAGES[:2000].float() / 255)
+    right = reader.probabilities(x).argmax(1) == TEST_LABELS[:2000]
+    train_split = x[:1000], TEST_LABELS[:1000]
+    held, labels, right = x[1000:], TEST_LABELS[1000:2000], right[1000:]
+    val = held[right][:500], labels[right][:500]
+    with pytest.raises(confidence.CannotCalibrate, match="no mistake among the 500"):
+        confidence.fit(reader.model, train_split, val)
+    with pytest.raises(confidence.CannotCalibrate, match="only 99 validation images"):
+        confidence.fit(reader.model, train_split, (held[:99], labels[:99]))
+    assert not right.all()
+    with_a_mistake = (torch.cat([val[0], held[~right][:1]]),
+                      torch.cat([val[1], labels[~right][:1]]))
+    assert confidence.fit(reader.model, train_split, with_a_mistake)["temperature"] > 0.1
+
+
 def test_letters_drawn_upright_and_large_are_refused(shipped):
     """As a person tries the page: a network that has seen only digits read A, H and Y as a
     sure 4 and R as an 8; the drawn non-digits of training (outliers.py) teach it otherwise."""

@@ -13,6 +13,7 @@ from PIL import Image
 import datasets
 import ddp
 import engine
+import test
 import train
 from conftest import ROOT, SMOKE, assert_one_line_error, next_line, run_main
 from net import LeNet5
@@ -85,7 +86,8 @@ def test_the_last_lines_say_which_epoch_was_kept_and_why():
     assert train.summary(kept, history, tested, Path("runs")).splitlines()[1] == \
         "its validation accuracy 99.42% is the best"
     unvalidated = [row | {"val_accuracy": None} for row in history]
-    lines = train.summary({"epoch": 3, "val_accuracy": None}, unvalidated, tested,
+    lines = train.summary({"epoch": 3, "val_accuracy": None,
+                           "uncalibrated": "no validation images"}, unvalidated, tested,
                           Path("runs")).splitlines()
     assert lines[0] == f"kept epoch 3, the last, in {saved}"
     assert lines[1].startswith("no validation images: probabilities are not calibrated")
@@ -245,8 +247,25 @@ def test_without_validation_split_the_last_epoch_is_kept(tmp_path):
                       "--save-dir", tmp_path)
     assert result.returncode == 0, result.stderr
     assert "(validation 0)" in result.stdout
-    assert torch.load(tmp_path / "best_model.pth", weights_only=True)["epoch"] == 2
+    kept = torch.load(tmp_path / "best_model.pth", weights_only=True)
+    assert kept["epoch"] == 2 and "calibration" not in kept
     assert read_history(tmp_path)[0]["val_accuracy"] == ""
+    assert "\nno validation images: probabilities are not calibrated" in result.stdout
+    assert kept["uncalibrated"] == "no validation images"
+
+
+def test_too_few_validation_images_calibrate_nothing_and_say_so(tmp_path):
+    """50 held out (of --subset 600) cannot place the limit that refuses 1 % of the digits:
+    no temperature, no refusals, and every reader of the checkpoint is told why."""
+    result = run_main(train, "--subset", "600", "--epochs", "1", "--save-dir", tmp_path)
+    assert result.returncode == 0, result.stderr
+    why = "only 50 validation images, and calibrating takes 100: hold out more with --val-size"
+    assert f"\n{why} or a larger --subset: probabilities are not calibrated" in result.stdout
+    kept = torch.load(tmp_path / "best_model.pth", weights_only=True)
+    assert "calibration" not in kept and kept["uncalibrated"].startswith(why)
+    tested = run_main(test, "--checkpoint", tmp_path / "best_model.pth", "--confusion",
+                      tmp_path / "c.png")
+    assert tested.returncode == 0 and f"holds no calibration ({why}" in tested.stderr
 
 
 def test_help_shows_the_defaults_from_the_block_at_the_top():
