@@ -99,8 +99,10 @@ def main(argv=None) -> None:
     metadata = {"classes": json.dumps(checkpoint["classes"]), "dataset": dataset,
                 "input": "pixels: N x 1 x 28 x 28 float32 in [0, 1], as the training images "
                          "(normalization inside the graph)",
-                "outputs": "logits: N x classes, as the network computes them; probabilities: "
-                           "softmax(logits / temperature), calibrated on the validation images",
+                "outputs": "logits: N x classes, as the network computes them; probabilities: " +
+                           ("softmax(logits / temperature), calibrated on the validation images"
+                            if reader.calibrated else "softmax(logits), the network's own (its "
+                            "checkpoint holds no calibration)"),
                 "temperature": json.dumps(reader.temperature),
                 "epoch": json.dumps(checkpoint.get("epoch")),
                 "val_accuracy": json.dumps(checkpoint.get("val_accuracy"))}

@@ -58,6 +58,24 @@ def test_the_file_takes_raw_pixels_in_any_batch_size_and_describes_itself(traine
     assert f"test accuracy {report['accuracy']:.2%}" in stdout
 
 
+def test_an_uncalibrated_checkpoint_exports_probabilities_said_to_be_the_networks_own(
+        trained, exported, tmp_path):
+    checkpoint = torch.load(trained / "best_model.pth", weights_only=True)
+    del checkpoint["calibration"]
+    torch.save(checkpoint, tmp_path / "uncalibrated.pth")
+    out = tmp_path / "uncalibrated.onnx"
+    result = run_main(export, "--checkpoint", tmp_path / "uncalibrated.pth", "--out", out)
+    assert result.returncode == 0, result.stderr
+    meta = {}
+    for path in (exported[0], out):
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        meta[path] = session.get_modelmeta().custom_metadata_map
+    assert meta[exported[0]]["outputs"].endswith("calibrated on the validation images")
+    assert meta[out]["outputs"].endswith("softmax(logits), the network's own (its checkpoint "
+                                         "holds no calibration)")
+    assert json.loads(meta[out]["temperature"]) == 1.0
+
+
 @pytest.mark.processes
 def test_the_readme_example_runs_on_the_exported_file(exported, tmp_path):
     path, _ = exported
