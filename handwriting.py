@@ -19,6 +19,7 @@ from pillow_heif import register_heif_opener
 import datasets
 
 WORK_SIZE = 256          # pictures are shrunk to at most this before the analysis
+SMALL_SIDE = 112         # smaller pictures are enlarged to this first: MNIST's side x 4
 DIGIT_SIZE = 20          # MNIST's box for the digit's longer side
 CANVAS = datasets.SIDE      # MNIST's image side
 MIN_CONTRAST = 0.08      # ink this close to the background counts as no ink at all
@@ -460,6 +461,13 @@ def thinned(digit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def prepare(image: Image.Image) -> torch.Tensor:
     """A 28x28 tensor in [0, 1], light digit on black, sized and centred as in MNIST."""
+    if max(image.size) < SMALL_SIDE:
+        # A digit of a few pixels' strokes (MNIST's own 28x28 files): the analysis's windows
+        # and stroke measures need more pixels than that (thinned() was measured on MNIST
+        # enlarged 4x).
+        scale = SMALL_SIDE / max(image.size)
+        image = image.resize([max(1, round(side * scale)) for side in image.size],
+                             Image.BICUBIC)
     picture = grayscale(image)
     x = _shrink(picture, WORK_SIZE)
     corners = find_sheet(x, _shrink(saturation(image), WORK_SIZE))
