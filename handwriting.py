@@ -39,7 +39,8 @@ PEN = 6                  # a straight bar this many times as long as it is wide,
 PEN_LONGER = 1.5         # long as every mark of strokes with PEN_INK of its ink, and apart
 PEN_INK = 0.1            # from one of them, is a pen (or a ruler) lying beside the digit
 BOLD_STROKE = 0.2        # stroke width / digit size of MNIST's bold digits; bolder is worn
-                         # down to it (thinned() says how it was measured)
+                         # down to it (stroked_as_mnist() says how it was measured)
+FINE_STROKE = 0.1        # and of its finest digits; finer is drawn out to it
 MAX_PIXELS = 50_000_000  # a picture's size as its header states it; a phone's is 12-50 MP
 MAX_SIDE = 4000          # longer side kept after decoding: more detail than any digit needs
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".heic",
@@ -270,7 +271,7 @@ def _underlines(labels: np.ndarray, stats: np.ndarray) -> list[int]:
 
 def _blobs(full: np.ndarray, labels: np.ndarray, stats: np.ndarray) -> list[int]:
     """The marks whose stroke width is at least SOLID of their size: blobs, not strokes
-    (MNIST's boldest digits reach 0.28; thinned() says how it is measured)."""
+    (MNIST's boldest digits reach 0.28; stroked_as_mnist() says how it is measured)."""
     depth = np.bincount(labels.ravel(), weights=_depth(full).ravel(), minlength=len(stats))
     width = 4 * depth / np.maximum(stats[:, cv2.CC_STAT_AREA], 1)
     size = np.maximum(stats[:, cv2.CC_STAT_WIDTH], stats[:, cv2.CC_STAT_HEIGHT])
@@ -431,40 +432,47 @@ def flatten_sheet(picture: torch.Tensor, corners: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(flat[trim_y:-trim_y, trim_x:-trim_x]))
 
 
-def thinned(digit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``digit`` (its ink, cropped) with strokes bolder than MNIST's bold ones (a small digit
-    drawn with a wide pen: scaled to 20 px it would be a blob) worn down to them, and cropped
+def stroked_as_mnist(digit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``digit`` (its ink, cropped) with strokes bolder than MNIST's bold ones worn down to
+    them (a small digit drawn with a wide pen: scaled to 20 px it would be a blob), or finer
+    than MNIST's finest drawn out to them (a digit drawn large with a fine pen, or with a
+    paint program's one-pixel pencil: scaled to 20 px it would all but vanish), and cropped
     again.
 
     A stroke's width is 4 x the mean distance of its pixels to its edge (for a band of width
     w, the distances run evenly from 0 to w/2). Measured so on MNIST's training digits enlarged
-    4x (with the background around them): width / digit size 0.15 for the median digit, 0.20
-    for the 90th percentile, 0.28 for the 99th."""
+    4x (with the background around them): width / digit size 0.10 for the 1st percentile,
+    0.15 for the median digit, 0.20 for the 90th percentile, 0.28 for the 99th."""
     inside = mask.numpy()
     if not inside.any():
         return digit
     width = 4 * _depth(inside)[inside].mean()
     side = max(mask.shape)
-    if width <= BOLD_STROKE * side:
+    limit = (BOLD_STROKE if width > BOLD_STROKE * side else
+             FINE_STROKE if width < FINE_STROKE * side else None)
+    if limit is None:
         return digit
-    # Wearing r off each side of every stroke also shrinks the digit by 2r: the target width
-    # is that share of the digit as it will be.
-    target = BOLD_STROKE * (side - width) / (1 - BOLD_STROKE)
-    r = round((width - target) / 2)
+    # Wearing r off each side of every stroke (or adding it) also changes the digit's size by
+    # 2r: the width aimed at is the limit's share of the digit as it will be.
+    r = round(abs(width - limit * side) / (2 * (1 - limit)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    worn = torch.from_numpy(cv2.erode(digit.numpy(), kernel))
-    rows, cols = (worn > MIN_CONTRAST).nonzero().unbind(1)
+    if limit == BOLD_STROKE:
+        changed = cv2.erode(digit.numpy(), kernel)
+    else:
+        changed = cv2.dilate(np.pad(digit.numpy(), r), kernel)    # room to grow into
+    changed = torch.from_numpy(changed)
+    rows, cols = (changed > MIN_CONTRAST).nonzero().unbind(1)
     if len(rows) == 0:
         return digit
-    return worn[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    return changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
 
 
 def prepare(image: Image.Image) -> torch.Tensor:
     """A 28x28 tensor in [0, 1], light digit on black, sized and centred as in MNIST."""
     if max(image.size) < SMALL_SIDE:
         # A digit of a few pixels' strokes (MNIST's own 28x28 files): the analysis's windows
-        # and stroke measures need more pixels than that (thinned() was measured on MNIST
-        # enlarged 4x).
+        # and stroke measures need more pixels than that (stroked_as_mnist() was measured on
+        # MNIST enlarged 4x).
         scale = SMALL_SIDE / max(image.size)
         image = image.resize([max(1, round(side * scale)) for side in image.size],
                              Image.BICUBIC)
@@ -492,7 +500,7 @@ def prepare(image: Image.Image) -> torch.Tensor:
     # Strokes fade out at their edges: widen the kept area a little so the fade survives.
     ink = ink * _max_pool(keep.float(), 5)
     box = slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1)
-    digit = thinned(ink[box], keep[box])
+    digit = stroked_as_mnist(ink[box], keep[box])
     digit = digit / digit.quantile(0.99).clamp(min=MIN_CONTRAST)    # MNIST strokes saturate
     return framed(digit)
 

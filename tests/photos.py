@@ -31,6 +31,16 @@ def strokes(digit: np.ndarray, side: int, width: float = 1.0) -> np.ndarray:
     return np.clip((x - 0.25) / 0.5, 0, 1)      # crisp edges, as a pen's
 
 
+def fine_pen(digit: np.ndarray, side: int, pen: int) -> np.ndarray:
+    """An MNIST digit (28x28 uint8) redrawn along the middle of its strokes with a pen ``pen``
+    pixels wide, ``side`` pixels square: True where the ink is."""
+    mask = (cv2.resize(digit, (side, side), interpolation=cv2.INTER_CUBIC) > 100)
+    depth = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
+    middle = (depth > 0) & (depth >= cv2.dilate(depth, np.ones((3, 3), np.uint8)) - 0.5)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (pen, pen))
+    return cv2.dilate(middle.astype(np.uint8), kernel) > 0
+
+
 def desk(rng: random.Random, shape: tuple[int, int], kind: str) -> np.ndarray:
     """A surface to lay paper on: dark wood, a grey desk or a patterned cloth (RGB)."""
     h, w = shape
