@@ -456,7 +456,7 @@ def stroked_as_mnist(digit: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # 2r: the width aimed at is the limit's share of the digit as it will be.
     r = round(abs(width - limit * side) / (2 * (1 - limit)))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    if limit == BOLD_STROKE:
+    if width > limit * side:
         changed = cv2.erode(digit.numpy(), kernel)
     else:
         changed = cv2.dilate(np.pad(digit.numpy(), r), kernel)    # room to grow into
