@@ -91,20 +91,25 @@ def test_a_16_bit_scan_is_read_as_its_8_bit_levels(tmp_path):
     assert torch.equal(handwriting.prepare(scan), handwriting.prepare(picture))
 
 
+def right_and_accepted(reader: Path, prepared: list[torch.Tensor], labels: torch.Tensor) -> int:
+    """How many prepared pictures the shipped model reads as their label and takes for a
+    digit."""
+    read = confidence.open_reader(reader, torch.device("cpu"))
+    readings = read.read(read.normalized(torch.stack(prepared)[:, None]))
+    return sum(r.digit and r.best == label for r, label in zip(readings, labels.tolist()))
+
+
 @pytest.mark.parametrize("side, dark_on_light", [(28, False), (28, True), (20, False)])
 def test_mnist_digits_saved_small_read_as_the_digits_themselves(reader, side, dark_on_light):
     """What a learner tries first: MNIST's test digits saved as they are (28 x 28, light on
     dark), inverted, or smaller. Strokes a pixel or two wide were lost in the analysis (300
     digits at 28 px: 286 read right and accepted, at 20 px 77 % read right); enlarged first,
     they read as at 224 px."""
-    read = confidence.open_reader(reader, torch.device("cpu"))
-    pictures = TEST_IMAGES[:300].numpy()
-    prepared = torch.stack([handwriting.prepare(
+    prepared = [handwriting.prepare(
         Image.fromarray(255 - digit if dark_on_light else digit).resize((side, side),
                                                                          Image.BICUBIC))
-        for digit in pictures])
-    readings = read.read(read.normalized(prepared[:, None]))
-    right = sum(r.digit and r.best == label for r, label in zip(readings, TEST_LABELS[:300]))
+        for digit in TEST_IMAGES[:300].numpy()]
+    right = right_and_accepted(reader, prepared, TEST_LABELS[:300])
     assert right >= 0.97 * 300, right
 
 
@@ -113,7 +118,6 @@ def test_a_digit_drawn_large_with_a_fine_pen_is_read(reader, canvas, pen):
     """A paint program's one-pixel pencil, a fine pen on a large page: strokes far finer than
     MNIST's all but vanished at 20 px (of 100 such digits none was read right and accepted);
     drawn out to MNIST's finest, 85 and 87."""
-    read = confidence.open_reader(reader, torch.device("cpu"))
     side = canvas * 7 // 10
     prepared = []
     for digit in TEST_IMAGES[:100].numpy():
@@ -123,8 +127,7 @@ def test_a_digit_drawn_large_with_a_fine_pen_is_read(reader, canvas, pen):
             prepared.append(handwriting.prepare(Image.fromarray(page)))
         except handwriting.ImageProblem:      # a digit drawn in pieces: "several marks"
             prepared.append(torch.zeros(28, 28))
-    readings = read.read(read.normalized(torch.stack(prepared)[:, None]))
-    right = sum(r.digit and r.best == label for r, label in zip(readings, TEST_LABELS[:100]))
+    right = right_and_accepted(reader, prepared, TEST_LABELS[:100])
     assert right >= 80, right
 
 
