@@ -16,6 +16,7 @@ if __name__ == "__main__":    # importing torch takes seconds: a stop during it 
 import argparse
 import json
 import warnings
+from pathlib import Path
 
 import onnx
 import onnxruntime
@@ -54,12 +55,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                  "check it with ONNX Runtime.")
     parser.add_argument("--checkpoint", default="save_model/best_model.pth",
                         help="checkpoint to export (default: %(default)s)")
-    parser.add_argument("--out", default="save_model/lenet5.onnx",
-                        help="ONNX file to write (default: %(default)s)")
+    parser.add_argument("--out", help="ONNX file to write (default: lenet5.onnx beside the "
+                                      "checkpoint)")
     parser.add_argument("--data-dir", default="data",
                         help="folder of the test images the export is checked on "
                              "(default: %(default)s)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = str(Path(args.checkpoint).with_name("lenet5.onnx"))
+    return args
 
 
 def to_onnx(model: RawPixels, metadata: dict[str, str]) -> bytes:

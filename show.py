@@ -59,8 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the test image for --layers (default: 0)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for --random, to get the same images again")
-    parser.add_argument("--out", help="picture to write (default: save_model/predictions.png; "
-                                      "errors.png with --errors, own.png with --image)")
+    parser.add_argument("--out", help="picture to write (default: predictions.png beside the "
+                                      "checkpoint; errors.png with --errors, own.png with "
+                                      "--image, layers.png with --layers)")
     parser.add_argument("--show", action="store_true",
                         help="also open the picture in the system's image viewer")
     parser.add_argument("--device", default="auto", choices=engine.DEVICES,
@@ -73,10 +74,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--layers draws one image: pass one --image FILE")
     if args.index is not None and not args.layers:
         parser.error("--index picks the image for --layers; for predictions use --start")
-    if args.out is None:    # each mode its own file, so one does not overwrite another's picture
+    # Each mode its own file beside the checkpoint, so that no picture overwrites another
+    # mode's or another run's.
+    if args.out is None:
         name = ("layers.png" if args.layers else "errors.png" if args.errors else
                 "own.png" if args.image else "predictions.png")
-        args.out = f"save_model/{name}"
+        args.out = str(Path(args.checkpoint).with_name(name))
     if Path(args.out).suffix.lower() not in Image.registered_extensions():
         parser.error(f"--out {args.out}: give the picture a file type, for example .png")
     return args

@@ -30,12 +30,16 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where to run (default: %(default)s)")
     parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--confusion", default="save_model/confusion.png", metavar="PATH",
-                        help="where to draw the confusion matrix (default: %(default)s)")
+    parser.add_argument("--confusion", metavar="PATH",
+                        help="where to draw the confusion matrix (default: confusion.png "
+                             "beside the checkpoint)")
     parser.add_argument("--reliability", metavar="PATH",
                         help="where to draw the reliability diagram (default: reliability.png "
                              "beside the confusion matrix)")
     args = parser.parse_args(argv)
+    # Beside the checkpoint: testing another run's model does not overwrite this run's pictures.
+    if args.confusion is None:
+        args.confusion = str(Path(args.checkpoint).with_name("confusion.png"))
     if args.reliability is None:
         args.reliability = str(Path(args.confusion).with_name("reliability.png"))
     return args

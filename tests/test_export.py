@@ -1,6 +1,7 @@
 """export.py: an ONNX file that ONNX Runtime runs as the checkpoint does, on raw pixels."""
 import json
 import re
+import shutil
 import subprocess
 import sys
 
@@ -18,9 +19,13 @@ from conftest import ROOT, assert_one_line_error, run, run_main
 
 @pytest.fixture(scope="module")
 def exported(trained, tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "lenet5.onnx"
-    result = run_main(export, "--checkpoint", trained / "best_model.pth", "--out", out)
+    """Exported with no --out: the file is written beside the checkpoint."""
+    folder = tmp_path_factory.mktemp("export")
+    shutil.copy(trained / "best_model.pth", folder)
+    result = run_main(export, "--checkpoint", folder / "best_model.pth")
     assert result.returncode == 0, result.stderr
+    out = folder / "lenet5.onnx"
+    assert f"\nwrote {out} (" in result.stdout and out.stat().st_size > 200_000
     return out, result.stdout
 
 

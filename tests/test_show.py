@@ -1,4 +1,6 @@
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pillow_heif
@@ -145,17 +147,22 @@ def test_own_pictures_none_readable(trained, tmp_path):
     assert "no pictures in this folder" in result.stderr
 
 
-def test_each_mode_has_its_own_default_picture(trained, tmp_path):
+def test_each_mode_has_its_own_default_picture_beside_the_checkpoint(trained, tmp_path):
+    """Another run's model is shown in its own folder, not over save_model/'s pictures."""
     from test_handwriting import render
     render(0).save(tmp_path / "seven.jpg")
-    common = ["--checkpoint", trained / "best_model.pth", "--data-dir", ROOT / "data"]
+    (tmp_path / "other").mkdir()
+    shutil.copy(trained / "best_model.pth", tmp_path / "other")
+    common = ["--checkpoint", Path("other/best_model.pth"), "--data-dir", ROOT / "data"]
     for mode, name in (([], "predictions.png"), (["--errors"], "errors.png"),
-                       (["--image", tmp_path / "seven.jpg"], "own.png")):
+                       (["--image", tmp_path / "seven.jpg"], "own.png"),
+                       (["--layers"], "layers.png")):
         result = run_main(show, *common, *mode, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert f"picture written to save_model/{name}" in result.stdout
-    assert sorted(p.name for p in (tmp_path / "save_model").iterdir()) == \
-        ["errors.png", "own.png", "predictions.png"]
+        assert f"picture written to other/{name}" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == \
+        ["best_model.pth", "errors.png", "layers.png", "own.png", "predictions.png"]
+    assert not (tmp_path / "save_model").exists()
 
 
 def test_another_data_set_is_shown_with_its_class_names(small_runs, small_sets, tmp_path):
@@ -213,20 +220,19 @@ def test_own_pictures_say_not_a_digit_and_how_sure(reader, tmp_path):
 def test_layers_of_a_test_image_and_of_an_own_picture(reader, tmp_path):
     """show.py --layers draws one image's layers and the kernels; it reads the picture as
     --image does, and another image makes another picture."""
-    data = ["--data-dir", ROOT / "data"]
-    result = run_main(show, "--checkpoint", reader, "--layers", "--index", "3", *data,
-                      cwd=tmp_path)
+    data = ["--data-dir", ROOT / "data", "--out", tmp_path / "layers.png"]
+    result = run_main(show, "--checkpoint", reader, "--layers", "--index", "3", *data)
     assert result.returncode == 0, result.stderr
     assert re.match(r"test image #3 \(labelled 0\): 0  \(\d+\.\d% sure; then ", result.stdout)
-    assert "picture written to save_model/layers.png" in result.stdout
-    with Image.open(tmp_path / "save_model" / "layers.png") as picture:
+    assert f"picture written to {tmp_path / 'layers.png'}" in result.stdout
+    with Image.open(tmp_path / "layers.png") as picture:
         assert picture.format == "PNG" and picture.width > 1000 and picture.height > 1200
         first = np.asarray(picture.convert("RGB"))
         red_and_blue = ((first[..., 0] > 150) & (first[..., 2] < 100)).mean(), \
             ((first[..., 2] > 150) & (first[..., 0] < 100)).mean()
         assert min(red_and_blue) > 0.01, red_and_blue      # the diverging colour map is used
-    run_main(show, "--checkpoint", reader, "--layers", "--index", "4", *data, cwd=tmp_path)
-    with Image.open(tmp_path / "save_model" / "layers.png") as picture:
+    run_main(show, "--checkpoint", reader, "--layers", "--index", "4", *data)
+    with Image.open(tmp_path / "layers.png") as picture:
         assert not np.array_equal(np.asarray(picture.convert("RGB")), first)
 
     digit = Image.fromarray(255 - datasets.load(ROOT / "data", "test")[0][0].numpy())

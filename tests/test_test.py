@@ -1,8 +1,10 @@
 import json
-import re
 import os
+import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,6 +41,20 @@ def test_report_table_and_json_agree_with_the_checkpoint(trained, tmp_path):
     matrix = lines[header + 2:header + 12]
     assert [int(n) for n in matrix[3].split()[1:]] == confusion[3]
     assert len({len(line) for line in matrix}) == 1                 # aligned columns
+
+
+def test_pictures_are_drawn_beside_the_checkpoint(trained, tmp_path):
+    """Testing another run's model does not overwrite save_model/'s pictures."""
+    (tmp_path / "other").mkdir()
+    shutil.copy(trained / "best_model.pth", tmp_path / "other")
+    result = run_main(test, "--checkpoint", Path("other/best_model.pth"), "--data-dir",
+                      ROOT / "data", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.endswith("confusion matrix drawn in other/confusion.png, reliability "
+                                  "diagram in other/reliability.png\n")
+    assert sorted(p.name for p in (tmp_path / "other").iterdir()) == \
+        ["best_model.pth", "confusion.png", "reliability.png"]
+    assert not (tmp_path / "save_model").exists()
 
 
 def tutorial_test_accuracy(model):
