@@ -115,7 +115,8 @@ def accuracy_on_test_set(reader: confidence.Reader, data_dir: str) -> float | No
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
-    """GET: the page's files and the model's description. POST /api/read: a picture's bytes.
+    """GET (and HEAD): the page's files and the model's description. POST /api/read: a
+    picture's bytes.
     Every answer to a bad request is a status and ``{"error": one line}``."""
     server_version = "draw.py"
     timeout = 30          # seconds a silent client may hold a connection
@@ -128,6 +129,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.send_error_json(404, f"no such page: {path}")
         file = STATIC / PAGES[path]
         self.send_bytes(200, file.read_bytes(), TYPES[file.suffix])
+
+    def do_HEAD(self):      # GET's answer without its body: curl -I, link checkers
+        self.do_GET()
 
     def do_POST(self):
         path = urlsplit(self.path).path
@@ -193,7 +197,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def log_request(self, code="-", size="-"):
         pass     # a line per stroke would bury the errors, which send_error_json logs

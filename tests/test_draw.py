@@ -177,6 +177,20 @@ def test_bad_input_gets_a_status_and_one_line_and_the_next_request_works(
     assert good == 200 and len(reading["probabilities"]) == 10
 
 
+def test_head_answers_what_get_would_without_the_body(server):
+    connection = http.client.HTTPConnection(*server.server_address[:2], timeout=60)
+    for path in ("/", "/api/model", "/missing"):
+        answers = {}
+        for method in ("GET", "HEAD"):
+            connection.request(method, path)
+            response = connection.getresponse()
+            answers[method] = (response.status, response.getheader("Content-Length"),
+                               response.read())
+        (status, length, body), head = answers["GET"], answers["HEAD"]
+        assert head == (status, length, b"") and int(length) == len(body) > 0, path
+    connection.close()
+
+
 def test_requests_the_server_does_not_take(server):
     status, reply = request(server, "POST", "/api/read", png(drawing(0)),
                             {"Transfer-Encoding": "chunked", "Content-Length": "x"})
