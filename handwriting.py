@@ -24,7 +24,9 @@ DIGIT_SIZE = 20          # MNIST's box for the digit's longer side
 CANVAS = datasets.SIDE      # MNIST's image side
 MIN_CONTRAST = 0.08      # ink this close to the background counts as no ink at all
 PAPER_SMOOTHING = 8      # the paper's level is averaged over windows 1/8 the closing's
+SHEET_AREA = 0.02        # a sheet covers at least this share of the picture (a slide's square)
 SHEET_SOLIDITY = 0.9     # a sheet fills this much of its convex outline (its ink aside)
+SHEET_FILL = 0.5         # and is mostly its own colour: a box drawn around a digit is no sheet
 SHEET_COLOUR = 0.25      # a sheet of another colour than its surface differs by this
 SHEET_TRIM = 0.03        # share of a found sheet's sides cut off: its rim, the desk beyond
 SHEET_SURFACE = 0.9      # at least this much of the picture around a sheet is its surface
@@ -377,13 +379,15 @@ def find_sheet(x: torch.Tensor, saturation: torch.Tensor) -> np.ndarray | None:
     in a picture (its brightness ``x`` and colour ``saturation``), or None when the picture is
     all paper (or board) as far as can be told.
 
-    A sheet is a region lighter than its surroundings or of another colour (a shadow changes
-    the light, not the colour), nearly a quadrilateral, and mostly inside the photo: a region
-    cut off by a shadow or by the photo's edges runs along those edges instead. Around it lies
-    mostly its surface: where the rest is as light as the region, the region is paper cut off
-    by strokes (a digit filling the picture from edge to edge), not a sheet.
+    A sheet is a region lighter or darker than its surroundings (paper on a desk; a board on a
+    wall, or a digit shown light on dark inside a white page, as matplotlib's imshow shows one)
+    or of another colour (a shadow changes the light, not the colour), nearly a quadrilateral,
+    and mostly inside the photo: a region cut off by a shadow or by the photo's edges runs along
+    those edges instead. Around it lies mostly its surface: where the rest is as light as the
+    region, the region is paper cut off by strokes (a digit filling the picture from edge to
+    edge), not a sheet.
     """
-    candidates = [x]
+    candidates = [x, 1 - x]
     if saturation.max() - saturation.min() > SHEET_COLOUR:
         candidates += [saturation, 1 - saturation]
     best = None
@@ -405,7 +409,7 @@ def _sheet_corners(outline: np.ndarray, region: np.ndarray) -> np.ndarray | None
     sheet's side of the threshold are ``region``."""
     h, w = region.shape
     area = cv2.contourArea(outline)
-    if not 0.05 * h * w < area < 0.92 * h * w:
+    if not SHEET_AREA * h * w < area < 0.92 * h * w:
         return None
     points = outline.reshape(-1, 2)
     on_edge = ((points[:, 0] <= 1) | (points[:, 0] >= w - 2) |
@@ -414,9 +418,11 @@ def _sheet_corners(outline: np.ndarray, region: np.ndarray) -> np.ndarray | None
         return None
     inside = np.zeros_like(region)
     cv2.drawContours(inside, [outline], -1, 255, cv2.FILLED)
+    if (region[inside > 0] > 0).mean() < SHEET_FILL:
+        return None
     if (region[inside == 0] > 0).mean() > 1 - SHEET_SURFACE:     # paper, not its surface
         return None
-    return _corners(outline)
+    return _corners(cv2.convexHull(outline))   # a stroke running into its edge notches it
 
 
 def flatten_sheet(picture: torch.Tensor, corners: np.ndarray) -> torch.Tensor:
@@ -480,8 +486,10 @@ def prepare(image: Image.Image) -> torch.Tensor:
     x = _shrink(picture, WORK_SIZE)
     corners = find_sheet(x, _shrink(saturation(image), WORK_SIZE))
     if corners is not None:     # a photo of a sheet on a desk: the sheet alone, flattened
-        picture = flatten_sheet(picture, corners * (max(picture.shape) / max(x.shape)))
-        x = _shrink(picture, WORK_SIZE)
+        sheet = flatten_sheet(picture, corners * (max(picture.shape) / max(x.shape)))
+        flat = _shrink(sheet, WORK_SIZE)
+        if flat.max() - flat.min() >= MIN_CONTRAST:   # else the "sheet" was the mark itself
+            picture, x = sheet, flat
     if x.max() - x.min() < MIN_CONTRAST:
         raise ImageProblem("the picture is blank")
     ink, keep = find_digit(x)
