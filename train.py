@@ -16,6 +16,7 @@ import csv
 import functools
 import io
 import itertools
+import math
 import re
 import sys
 import time
@@ -510,6 +511,7 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
             scheduler.step()
         val = engine.evaluate(judged, val_batches, amp=args.amp) if val_batches else None
         seconds = time.perf_counter() - start
+        stop_if_diverged(epoch, fit, val, args)
 
         checkpoint = make_checkpoint(args, judged, epoch, val, train_batches, world)
         history.append(history_row(epoch, fit, val, lr))
@@ -530,6 +532,18 @@ def train(args: argparse.Namespace, world: ddp.World, device: torch.device, save
     kept, tested = finish(save_dir / "best_model.pth", device, train_batches, val_batches,
                           test_batches)
     print(summary(kept, history, tested, save_dir))
+
+
+def stop_if_diverged(epoch: int, fit: engine.Result, val: engine.Result | None,
+                     args: argparse.Namespace) -> None:
+    """Ends the run before a loss of nan or inf reaches the files: the weights it leaves are
+    no model, and every later epoch would be the same."""
+    loss = next((r.loss for r in (fit, val) if r and not math.isfinite(r.loss)), None)
+    if loss is not None:
+        kept = (f"; {args.save_dir} keeps epoch {epoch - 1}" if epoch > 1 else "")
+        raise cli.Problem(f"the loss became {loss} in epoch {epoch}: training diverged. Lower "
+                          f"the learning rate (--lr, {args.lr:g} in this run) and train "
+                          f"again{kept}")
 
 
 def kept_epoch(history: list[dict], val_size: int, within: float) -> int:

@@ -293,6 +293,34 @@ def test_parse_args_fills_in_the_block_and_names_the_given_flags():
     assert vars(train.parse_args([])) == vars(train.parse_args([]))
 
 
+def test_a_run_that_diverges_stops_in_one_line_and_saves_no_nan(tmp_path):
+    result = run_main(train, "--lr", "1e6", "--subset", "2000", "--epochs", "3",
+                      "--save-dir", tmp_path)
+    assert_one_line_error(result, "the loss became nan in epoch 1: training diverged",
+                          "Lower the learning rate (--lr, 1e+06 in this run)")
+    assert not any(tmp_path.glob("*.pth")) and "nan" not in result.stdout
+
+
+def test_a_run_that_diverges_later_keeps_the_epoch_before(tmp_path, monkeypatch):
+    """The diverged epoch reaches no file: best_model.pth, last.pth and the history stay at
+    the epoch before, and the stop says so."""
+    trained = engine.train_one_epoch
+
+    epochs = []
+
+    def diverging(*args, **kwargs):       # epoch 2 ends with an infinite loss
+        fit = trained(*args, **kwargs)
+        epochs.append(fit)
+        return fit if len(epochs) == 1 else engine.Result(float("inf"), fit.correct, fit.total)
+    monkeypatch.setattr(engine, "train_one_epoch", diverging)
+    result = run_main(train, "--subset", "2000", "--epochs", "3", "--save-dir", tmp_path)
+    assert_one_line_error(result, "the loss became inf in epoch 2",
+                          f"; {tmp_path} keeps epoch 1")
+    assert [row["epoch"] for row in read_history(tmp_path)] == ["1"]
+    for name in ("best_model.pth", "last.pth"):
+        assert torch.load(tmp_path / name, weights_only=True)["epoch"] == 1
+
+
 @pytest.mark.parametrize("args, message", [
     (["--lr", "0"], "argument --lr: must be > 0, got 0"),
     (["--lr", "fast"], "argument --lr: expected float, got 'fast'"),
