@@ -5,6 +5,7 @@ Only the standard library, so that a script can import this before torch.
 import argparse
 import atexit
 import gc
+import math
 import os
 import signal
 import sys
@@ -128,6 +129,8 @@ def ranged(kind, low=None, high=None, low_open=False, high_open=False):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+        if not math.isfinite(value):       # float("nan") passes every comparison below
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text}")
         if (low is not None and (value < low or (low_open and value == low))) or \
                 (high is not None and (value > high or (high_open and value == high))):
             lo = "" if low is None else f"{'>' if low_open else '>='} {low}"

@@ -327,6 +327,8 @@ def test_a_run_that_diverges_later_keeps_the_epoch_before(tmp_path, monkeypatch)
     (["--batch-size", "0"], "argument --batch-size: must be >= 1, got 0"),
     (["--optimizer", "adam"], "argument --optimizer: invalid choice: 'adam'"),
     (["--momentum", "1"], "argument --momentum: must be >= 0 and < 1, got 1"),
+    (["--lr", "nan"], "argument --lr: expected a finite number, got nan"),
+    (["--weight-decay", "inf"], "argument --weight-decay: expected a finite number, got inf"),
     (["--val-size", "60000"], "argument --val-size: must be >= 0 and <= 59999"),
     (["--subset", "100", "--val-size", "59999"], "leaves no images to train on"),
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
