@@ -362,6 +362,7 @@ def make_checkpoint(args, judged, epoch: int, val: engine.Result | None,
         "mean": batches.mean, "std": batches.std,
         "classes": list(datasets.DATASETS[args.dataset].classes),
         "torch_version": str(torch.__version__), "processes": world.size,
+        "uncalibrated": "calibration is added to best_model.pth when training ends",
     }
 
 
@@ -635,6 +636,7 @@ def finish(path: Path, device: torch.device, train_batches: datasets.Batches,
         try:
             kept["calibration"] = confidence.fit(model, split(train_batches),
                                                  split(val_batches))
+            kept.pop("uncalibrated", None)     # a file saved by an older version lacks it
         except confidence.CannotCalibrate as e:
             kept["uncalibrated"] = str(e)
     save_checkpoint(path, kept)

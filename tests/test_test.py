@@ -57,6 +57,16 @@ def test_pictures_are_drawn_beside_the_checkpoint(trained, tmp_path):
     assert not (tmp_path / "save_model").exists()
 
 
+def test_last_pth_says_where_the_calibration_is(trained, tmp_path):
+    """last.pth (a run's last epoch, the state --resume needs) is read as it is, and the note
+    says why it has no calibration."""
+    result = run_main(test, "--checkpoint", trained / "last.pth", "--confusion",
+                      tmp_path / "c.png")
+    assert result.returncode == 0, result.stderr
+    assert "last.pth holds no calibration (calibration is added to best_model.pth when " \
+           "training ends): its probabilities are the network's own" in result.stderr
+
+
 def tutorial_test_accuracy(model):
     """The tutorial's own test loop: torchvision dataset, ToTensor, batches of 16."""
     from torchvision import datasets as torchvision_datasets, transforms   # a second to import

@@ -36,6 +36,7 @@ def test_smoke_run_writes_a_self_describing_checkpoint(trained):
     assert (checkpoint["mean"], checkpoint["std"]) == (0.1307, 0.3081)
     assert checkpoint["classes"] == [str(d) for d in range(10)]
     assert checkpoint["dataset"] == "mnist" and checkpoint["hparams"]["flip"] is False
+    assert "calibration" in checkpoint and "uncalibrated" not in checkpoint
     rows = read_history(trained)
     assert [row["epoch"] for row in rows] == ["1", "2"]
     kept = rows[train.kept_epoch([row | {"epoch": int(row["epoch"]),
