@@ -32,6 +32,7 @@ from atomic import write_atomic
 ZOOM = 4                   # each 28x28 digit is drawn 112x112
 DIGIT_PX = datasets.SIDE * ZOOM    # side of one drawn digit
 COLUMNS = 10
+MAX_TILES = 500            # 50 rows of 10: about 10 megapixels, as much as a viewer shows well
 CAPTION_SIZE = 15
 RIGHT, WRONG = (40, 40, 40), (210, 30, 30)
 
@@ -264,7 +265,7 @@ def main(argv=None) -> None:
     reader = confidence.open_reader(args.checkpoint, engine.pick_device(args.device),
                                     digits_for="--image" if args.image else None)
     if args.layers:
-        lines = [show_layers(args, reader)]
+        lines, left_out = [show_layers(args, reader)], ""
     else:
         font = ImageFont.load_default(size=CAPTION_SIZE)
         show = show_own_images if args.image else show_test_images
@@ -274,9 +275,11 @@ def main(argv=None) -> None:
             return
         # The picture first: a reader that stops early (| head) must not cost it.
         with cli.writing(args.out, "--out"):
-            save_picture(grid(tiles, columns=5 if args.image else COLUMNS), args.out)
+            save_picture(grid(tiles[:MAX_TILES], columns=5 if args.image else COLUMNS),
+                         args.out)
+        left_out = f" (the first {MAX_TILES} of {len(tiles)})" if len(tiles) > MAX_TILES else ""
     print("\n".join(lines))
-    print(f"picture written to {args.out}")
+    print(f"picture written to {args.out}{left_out}")
     if args.show:
         open_in_viewer(args.out)
 

@@ -264,6 +264,21 @@ def test_layers_bad_requests_are_one_line(reader, tmp_path, args, message):
                           message or "folder" in message else 2)
 
 
+def test_a_long_list_is_printed_whole_and_drawn_up_to_a_picture_a_viewer_shows(
+        trained, tmp_path, monkeypatch):
+    """--count 10000 drew a picture 168,000 px tall (208 megapixels, 2 GB to make)."""
+    monkeypatch.setattr(show, "MAX_TILES", 20)
+    common = ["--checkpoint", trained / "best_model.pth", "--data-dir", ROOT / "data"]
+    whole = run_main(show, *common, "--count", "20", "--out", tmp_path / "20.png")
+    cut = run_main(show, *common, "--count", "25", "--out", tmp_path / "25.png")
+    assert whole.stdout.endswith(f"picture written to {tmp_path / '20.png'}\n")
+    assert cut.stdout.endswith(f"picture written to {tmp_path / '25.png'} (the first 20 of "
+                               f"25)\n")
+    assert len(prediction_lines(cut.stdout)) == 25
+    with Image.open(tmp_path / "20.png") as twenty, Image.open(tmp_path / "25.png") as first:
+        assert first.size == twenty.size
+
+
 def test_captions_say_how_sure_as_the_printed_lines_do(trained, tmp_path, monkeypatch):
     """A tile's "pred 7 (99.8%)" is the line's confidence to a tenth: a calibrated 99.8 % is
     not rounded to a certain 100 %."""
