@@ -286,8 +286,10 @@ def start(folder: Path, flags: list[str], seeds: list[int] | None, resume: bool)
     return study
 
 
-def against(args: argparse.Namespace, study: Study, jobs: int) -> Study:
-    """The study to compare with: a saved one, or the recipe given as flags, run here."""
+def against(args: argparse.Namespace, study: Study) -> Study:
+    """The study to compare with: a saved, finished one, or the recipe given as flags, to be
+    run as a study of the same seeds in SAVE_DIR/against. Found before any training, so that
+    a mistake in --against is said at once, not after the study's own runs."""
     if Path(args.against).is_dir():
         other = Study.saved(Path(args.against))
         done = other.rows()
@@ -303,7 +305,6 @@ def against(args: argparse.Namespace, study: Study, jobs: int) -> Study:
         raise cli.UsageError(f"{folder} holds the study of --against "
                              f"{shlex.join(other.flags)!r}: compare with that, or start "
                              f"another --save-dir")
-    run_seeds(other, jobs)      # a stopped one continues
     return other
 
 
@@ -319,8 +320,10 @@ def main(argv=None) -> None:
           flush=True)
     with cli.stops_raise_interrupted():
         try:
+            other = against(args, study) if args.against else None
             run_seeds(study, jobs)
-            other = against(args, study, jobs) if args.against else None
+            if other:
+                run_seeds(other, jobs)      # a stopped one continues; a saved one is done
         except cli.UsageError as e:
             make_parser().error(str(e))
         except cli.Interrupted as stop:

@@ -124,6 +124,17 @@ def test_mistakes_are_one_line(tmp_path, args, message, code):
     assert_one_line_error(result, message, code=code)
 
 
+@pytest.mark.parametrize("against, message, code", [
+    (".", "no study in .", 1),                 # a folder, but not a study's
+    ("--lr -1", "--lr: must be > 0", 2),
+])
+def test_a_mistake_in_against_is_said_before_any_training(tmp_path, against, message, code):
+    result = run_main(study, "--seeds", "1", *TINY, "--save-dir", tmp_path, "--against",
+                      against)
+    assert_one_line_error(result, message, code=code)
+    assert "training" not in result.stdout and not (tmp_path / "seed-0").exists()
+
+
 @pytest.mark.processes
 def test_a_folder_that_holds_a_study_is_not_overwritten(two_seeds):
     folder, _ = two_seeds
