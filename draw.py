@@ -116,8 +116,7 @@ def accuracy_on_test_set(reader: confidence.Reader, data_dir: str) -> float | No
 
 class Handler(http.server.BaseHTTPRequestHandler):
     """GET (and HEAD): the page's files and the model's description. POST /api/read: a
-    picture's bytes.
-    Every answer to a bad request is a status and ``{"error": one line}``."""
+    picture's bytes. Every answer to a bad request is a status and ``{"error": one line}``."""
     server_version = "draw.py"
     timeout = 30          # seconds a silent client may hold a connection
 

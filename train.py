@@ -541,7 +541,7 @@ def stop_if_diverged(epoch: int, fit: engine.Result, val: engine.Result | None,
     no model, and every later epoch would be the same."""
     loss = next((r.loss for r in (fit, val) if r and not math.isfinite(r.loss)), None)
     if loss is not None:
-        kept = (f"; {args.save_dir} keeps epoch {epoch - 1}" if epoch > 1 else "")
+        kept = f"; {args.save_dir} keeps epoch {epoch - 1}" if epoch > 1 else ""
         raise cli.Problem(f"the loss became {loss} in epoch {epoch}: training diverged. Lower "
                           f"the learning rate (--lr, {args.lr:g} in this run) and train "
                           f"again{kept}")
