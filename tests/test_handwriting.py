@@ -463,7 +463,7 @@ def shown_by_matplotlib(index, cmap, axes=True, colorbar=False):
     figure = matplotlib.figure.Figure(figsize=(6 if colorbar else 4, 4), dpi=100)
     plot = figure.add_subplot()
     shown = plot.imshow(TEST_IMAGES[index].numpy(), cmap=cmap)
-    plot.set_title(f"label: {TEST_LABELS[index]}")
+    plot.set_title(f"label: {int(TEST_LABELS[index])}")
     plot.axis("on" if axes else "off")
     if colorbar:
         figure.colorbar(shown)
