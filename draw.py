@@ -209,6 +209,12 @@ class PageServer(http.server.ThreadingHTTPServer):
     request_queue_size = 128
     daemon_threads = True
 
+    def handle_error(self, request, client_address):
+        """A client that went away before its answer (a closed tab, a phone off the network)
+        is no fault of the page's: socketserver printed a traceback for each."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
 
 def make_server(host: str, port: int, reader: PageReader, model_info: dict
                 ) -> PageServer:

@@ -191,6 +191,19 @@ def test_head_answers_what_get_would_without_the_body(server):
     connection.close()
 
 
+def test_a_client_that_goes_away_is_no_error_of_the_page(server, capsys):
+    """A tab closed before its answer (BrokenPipeError, ConnectionResetError) leaves no
+    traceback in the terminal; a fault of the server's own still does."""
+    for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset"),
+                  ValueError("a fault of the server's")):
+        try:
+            raise error
+        except Exception:
+            server.handle_error(None, ("127.0.0.1", 50000))
+        printed = capsys.readouterr().err
+        assert ("Traceback" in printed) == isinstance(error, ValueError), printed
+
+
 def test_requests_the_server_does_not_take(server):
     status, reply = request(server, "POST", "/api/read", png(drawing(0)),
                             {"Transfer-Encoding": "chunked", "Content-Length": "x"})
