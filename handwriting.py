@@ -534,8 +534,11 @@ def framed(digit: torch.Tensor) -> torch.Tensor:
 def image_files(paths: list[str]) -> tuple[list[Path], list[str]]:
     """The picture files among ``paths`` (folders are searched), and one problem per bad path."""
     files, problems = [], []
-    for path in map(Path, paths):
-        if path.is_dir():
+    for name in paths:
+        path = Path(name)
+        if "://" in name:       # Path would also fold its "//" into "/"
+            problems.append(f"{name}: a web address; save the picture and pass the file")
+        elif path.is_dir():
             found = sorted(p for p in path.rglob("*")
                            if p.suffix.lower() in EXTENSIONS and p.is_file())
             files += found

@@ -142,9 +142,12 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
 def test_own_pictures_none_readable(trained, tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_main(show, "--checkpoint", trained / "best_model.pth", "--image",
-                      tmp_path / "empty", "--out", tmp_path / "x.png")
+                      tmp_path / "empty", "https://example.com/digit.png", "--out",
+                      tmp_path / "x.png")
     assert_one_line_error(result, "none of the pictures could be read")
     assert "no pictures in this folder" in result.stderr
+    assert "skipped https://example.com/digit.png: a web address; save the picture and pass " \
+           "the file" in result.stderr
 
 
 def test_each_mode_has_its_own_default_picture_beside_the_checkpoint(trained, tmp_path):
