@@ -63,7 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="tiny sizes: checks that every part runs, in seconds")
     parser.add_argument("--device", default="auto", choices=engine.DEVICES,
                         help="where to run (default: %(default)s)")
-    parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
+    parser.add_argument("--data-dir", default=datasets.DATA_DIR,
+                        help="MNIST folder (default: %(default)s)")
     parser.add_argument("--rounds", type=cli.ranged(int, 1), default=None,
                         help="alternating rounds for the speed comparison (default: 5; 2 quick)")
     parser.add_argument("--article-epochs", type=cli.ranged(int, 1), default=None,

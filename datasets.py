@@ -6,6 +6,7 @@ MNIST (handwritten digits) ships in the repository; Fashion-MNIST (clothing) and
 way: the IDX files in ``data/<set>/raw`` become uint8 tensors here, and ``Batches`` turns those
 into normalized (and, for training, augmented) batches on the device.
 """
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -25,6 +26,9 @@ MEAN, STD = 0.1307, 0.3081           # MNIST's (``normalization`` of its trainin
 CLASSES = [str(digit) for digit in range(10)]
 TRAIN_SIZE = 60_000                   # training images in each set
 SIDE = 28                             # pixels per image side
+# The folder beside the scripts, where MNIST ships: every script's default, wherever it is run
+# from (an editor may start it in a parent folder, where a relative "data" holds nothing).
+DATA_DIR = str(Path(__file__).resolve().parent / "data")
 
 # Random affine augmentation: each training image gets its own draw from these ranges
 # (times the strength passed to ``random_affine_matrices``).
@@ -180,12 +184,17 @@ def _download(root: str | Path, dataset: Dataset) -> None:
     """Last resort when none of a set's files is present: torchvision's downloader."""
     import torchvision.datasets
     downloader = getattr(torchvision.datasets, dataset.folder)
+    raw = raw_dir(root, dataset.name)
+    created = [folder for folder in (raw, *raw.parents) if not folder.exists()]
     try:
         for train in (True, False):
             downloader(root, train=train, download=True)
     except Exception as e:  # torchvision raises plain RuntimeError/URLError for a failed download
+        for folder in created:      # a mistyped --data-dir leaves no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise DataError(f"no {dataset.title} files in {raw_dir(root, dataset.name)} and "
+        raise DataError(f"no {dataset.title} files in {raw} and "
                         f"downloading them failed ({reason}): point --data-dir at the folder "
                         f"holding {dataset.folder}/raw, or {dataset.get}") from None
 

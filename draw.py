@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="port to listen on, 0 for any free one (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=engine.DEVICES,
                         help="where to run (default: %(default)s)")
-    parser.add_argument("--data-dir", default="data",
+    parser.add_argument("--data-dir", default=datasets.DATA_DIR,
                         help="data folder, for the test accuracy shown (default: %(default)s)")
     return parser.parse_args(argv)
 

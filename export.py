@@ -57,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="checkpoint to export (default: %(default)s)")
     parser.add_argument("--out", help="ONNX file to write (default: lenet5.onnx beside the "
                                       "checkpoint)")
-    parser.add_argument("--data-dir", default="data",
+    parser.add_argument("--data-dir", default=datasets.DATA_DIR,
                         help="folder of the test images the export is checked on "
                              "(default: %(default)s)")
     args = parser.parse_args(argv)

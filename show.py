@@ -67,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="also open the picture in the system's image viewer")
     parser.add_argument("--device", default="auto", choices=engine.DEVICES,
                         help="where to run (default: %(default)s)")
-    parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
+    parser.add_argument("--data-dir", default=datasets.DATA_DIR,
+                        help="MNIST folder (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.layers and (args.random or args.errors):
         parser.error("--layers draws one image: pick it with --index N or --image FILE")

@@ -28,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "works too (default: %(default)s)")
     parser.add_argument("--device", default="auto", choices=engine.DEVICES,
                         help="where to run (default: %(default)s)")
-    parser.add_argument("--data-dir", default="data", help="MNIST folder (default: %(default)s)")
+    parser.add_argument("--data-dir", default=datasets.DATA_DIR,
+                        help="MNIST folder (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--confusion", metavar="PATH",
                         help="where to draw the confusion matrix (default: confusion.png "

@@ -76,7 +76,7 @@ AMP = False              # bfloat16 autocast, meant for GPUs (several times slow
 COMPILE = False          # torch.compile: ~30 s to compile on 2 CPU cores, no clear gain there
 SUBSET = None            # train on the first N training images only (validation shrinks alike)
 DEVICE = "auto"          # "auto" (CUDA, then Apple MPS, then CPU), "cpu", "cuda" or "mps"
-DATA_DIR = "data"        # holds MNIST/raw/ (FashionMNIST/raw/, KMNIST/raw/)
+DATA_DIR = datasets.DATA_DIR  # holds MNIST/raw/ (FashionMNIST/raw/...): data/ beside the scripts
 SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 # ---------------------------------------------------------------------------------------------
 

@@ -151,11 +151,13 @@ subprocess.Popen._execute_child = _refuse_unmarked(subprocess.Popen._execute_chi
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One smoke run of train.py: its save folder and what it printed."""
+    """One smoke run of train.py: its save folder and what it printed. It runs in that folder,
+    as from an editor started elsewhere: the shipped data is found all the same."""
     import train
     save_dir = tmp_path_factory.mktemp("trained")
-    result = run_main(train, *SMOKE, "--save-dir", save_dir)
+    result = run_main(train, *SMOKE, "--save-dir", save_dir, cwd=save_dir)
     assert result.returncode == 0, result.stderr
+    assert not (save_dir / "data").exists()
     return save_dir, result
 
 

@@ -105,16 +105,22 @@ def test_missing_files_fall_back_to_torchvision_download(tmp_path, monkeypatch):
     assert images.shape == (10_000, 28, 28)
 
 
-def test_failed_download_says_what_to_do(tmp_path, monkeypatch):
+def test_failed_download_says_what_to_do_and_leaves_no_folders(tmp_path, monkeypatch):
     def offline(root, train, download):    # torchvision's message spans several lines
+        datasets.raw_dir(root).mkdir(parents=True, exist_ok=True)    # as torchvision does
         raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://...,"
                            " got:\n<urlopen error [Errno -2] Name or service not known>\n")
 
     monkeypatch.setattr("torchvision.datasets.MNIST", offline)
     with pytest.raises(datasets.DataError, match="downloading them failed .*--data-dir.*git "
                        "checkout") as error:
-        datasets.load(tmp_path, "train")
+        datasets.load(tmp_path / "mistyped" / "folder", "train")
     assert "\n" not in str(error.value) and "Name or service not known" in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()    # a folder that was there before stays
+    with pytest.raises(datasets.DataError):
+        datasets.load(tmp_path / "mine", "train")
+    assert list(tmp_path.iterdir()) == [tmp_path / "mine"]
 
 
 def test_split_is_seeded_disjoint_and_complete():

@@ -44,17 +44,17 @@ def test_report_table_and_json_agree_with_the_checkpoint(trained, tmp_path):
 
 
 def test_pictures_are_drawn_beside_the_checkpoint(trained, tmp_path):
-    """Testing another run's model does not overwrite save_model/'s pictures."""
+    """Testing another run's model does not overwrite save_model/'s pictures; run from another
+    folder, test.py reads the shipped test set."""
     (tmp_path / "other").mkdir()
     shutil.copy(trained / "best_model.pth", tmp_path / "other")
-    result = run_main(test, "--checkpoint", Path("other/best_model.pth"), "--data-dir",
-                      ROOT / "data", cwd=tmp_path)
+    result = run_main(test, "--checkpoint", Path("other/best_model.pth"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.endswith("confusion matrix drawn in other/confusion.png, reliability "
                                   "diagram in other/reliability.png\n")
     assert sorted(p.name for p in (tmp_path / "other").iterdir()) == \
         ["best_model.pth", "confusion.png", "reliability.png"]
-    assert not (tmp_path / "save_model").exists()
+    assert not (tmp_path / "save_model").exists() and not (tmp_path / "data").exists()
 
 
 def test_last_pth_says_where_the_calibration_is(trained, tmp_path):
