@@ -1,5 +1,7 @@
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +220,29 @@ def test_own_pictures_say_not_a_digit_and_how_sure(reader, tmp_path):
         line = next(text for text in lines if f"b{i}.png" in text)
         assert re.search(rf"b{i}\.png: not a digit \(as a digit: \d \d+\.\d%, then ", line), line
     assert (tmp_path / "own.png").exists()
+
+
+@pytest.mark.processes
+def test_the_readme_example_reads_a_photo_and_refuses_a_nondigit(reader, tmp_path):
+    """The README's lines for reading a picture in one's own code, run as printed from the
+    repository's folder, on a photo of a digit and on a picture of none."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import nondigits
+    import photos
+    images, labels = datasets.load(ROOT / "data", "test")
+    (_, digit, data), = photos.photo_set(images, labels, per_kind=1, seed=6)[:1]
+    (tmp_path / "digit.jpg").write_bytes(data)
+    nondigits.nondigit_set(per_kind=1, seed=5)[0][1].save(tmp_path / "none.png")
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"```python\n(import torch, confidence, handwriting\n.*?)```", readme,
+                     re.S)[1].replace("save_model/best_model.pth", str(reader))
+    both = "".join(code.replace("my_digit.jpg", str(tmp_path / name))
+                   for name in ("digit.jpg", "none.png"))
+    result = subprocess.run([sys.executable, "-c", both], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(rf"{digit} \d+\.\d% True\n\d \d+\.\d% False\n", result.stdout), \
+        result.stdout
 
 
 def test_layers_of_a_test_image_and_of_an_own_picture(reader, tmp_path):
