@@ -13,6 +13,7 @@ if __name__ == "__main__":    # importing torch takes seconds: a stop during it 
     cli.stop_quietly_while_starting()
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -34,6 +35,7 @@ DIGIT_PX = datasets.SIDE * ZOOM    # side of one drawn digit
 COLUMNS = 10
 MAX_TILES = 500            # 50 rows of 10: about 10 megapixels, as much as a viewer shows well
 CAPTION_SIZE = 15
+VIEWER_FAILS_WITHIN = 3    # seconds: an opener that finds no viewer says so by then
 RIGHT, WRONG = (40, 40, 40), (210, 30, 30)
 
 
@@ -141,11 +143,22 @@ def open_in_viewer(path: str) -> None:
     if sys.platform == "win32":
         os.startfile(path)  # the Windows way to open a file with its program
         return
+    if sys.platform != "darwin" and not (os.environ.get("DISPLAY") or
+                                         os.environ.get("WAYLAND_DISPLAY")):
+        print(f"no screen to show it on (a session over SSH?): copy {path} to a machine "
+              f"with one")
+        return
     opener = "open" if sys.platform == "darwin" else "xdg-open"
     try:
-        subprocess.Popen([opener, path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        viewer = subprocess.Popen([opener, path], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
     except FileNotFoundError:
         print(f"no image viewer found ({opener} is missing); open {path} yourself")
+        return
+    # The opener hands the file over and ends at once, or runs the viewer until it is closed.
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        if viewer.wait(VIEWER_FAILS_WITHIN) != 0:
+            print(f"{opener} found no program to show {path}; open it yourself")
 
 
 def show_test_images(args, reader: confidence.Reader, font

@@ -1,3 +1,4 @@
+import os
 import re
 import shutil
 import subprocess
@@ -139,6 +140,36 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
     assert "blank.png" in result.stderr and "missing.jpg: no such file" in result.stderr
     with Image.open(out) as picture:
         assert picture.width >= 3 * 2 * 112           # original and prepared, per picture
+
+
+@pytest.mark.processes
+@pytest.mark.skipif(sys.platform != "linux", reason="xdg-open is Linux's opener")
+def test_show_opens_the_picture_or_says_why_it_cannot(trained, tmp_path, monkeypatch):
+    """--show hands the picture to the desktop's opener; with no screen (over SSH), or no
+    program that shows pictures, it says so instead of nothing."""
+    opened = tmp_path / "opened"
+    opener = tmp_path / "bin" / "xdg-open"     # stands in for the desktop's
+    opener.parent.mkdir()
+    opener.write_text(f'#!/bin/sh\necho "$1" >> {opened}\nexit "${{FAKE_EXIT:-0}}"\n')
+    opener.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{opener.parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    out = tmp_path / "p.png"
+    flags = ("--checkpoint", trained / "best_model.pth", "--count", "1", "--out", out, "--show")
+    result = run_main(show, *flags)
+    assert result.stdout.endswith(f"picture written to {out}\nno screen to show it on (a "
+                                  f"session over SSH?): copy {out} to a machine with one\n")
+    assert not opened.exists()
+    monkeypatch.setenv("DISPLAY", ":0")
+    result = run_main(show, *flags)
+    assert result.stdout.endswith(f"picture written to {out}\n"), result.stdout
+    assert opened.read_text() == f"{out}\n"
+    monkeypatch.setenv("FAKE_EXIT", "3")      # xdg-open's "no method available"
+    result = run_main(show, *flags)
+    assert result.returncode == 0
+    assert result.stdout.endswith(f"xdg-open found no program to show {out}; open it "
+                                  f"yourself\n")
 
 
 def test_own_pictures_none_readable(trained, tmp_path):
