@@ -30,6 +30,9 @@ SHEET_FILL = 0.5         # and is mostly its own colour: a box drawn around a di
 SHEET_COLOUR = 0.25      # a sheet of another colour than its surface differs by this
 SHEET_TRIM = 0.03        # share of a found sheet's sides cut off: its rim, the desk beyond
 SHEET_SURFACE = 0.9      # at least this much of the picture around a sheet is its surface
+UPRIGHT_FILL = 0.98      # a region filling this much of its bounding box is an upright rectangle
+STEP_PX = 3              # an image in a figure differs from the figure this far on either side
+FIGURE_STEP = 0.3        # of its edge by this much (a lamp's light fading across a page: 0.002)
 FRAMED = 0.3             # a region held in another's hole and this big against it: a frame
 BESIDE_SIZE = 0.6        # a region apart from the digit and level with it, this big against
 BESIDE_INK = 0.15        # it and with this share of its ink, is another digit beside it
@@ -383,7 +386,7 @@ def find_sheet(x: torch.Tensor, saturation: torch.Tensor) -> np.ndarray | None:
     wall, or a digit shown light on dark inside a white page, as matplotlib's imshow shows one)
     or of another colour (a shadow changes the light, not the colour), nearly a quadrilateral,
     and mostly inside the photo: a region cut off by a shadow or by the photo's edges runs along
-    those edges instead. Around it lies mostly its surface: where the rest is as light as the
+    those edges instead (an image in a figure saved without margins may too). Around it lies mostly its surface: where the rest is as light as the
     region, the region is paper cut off by strokes (a digit filling the picture from edge to
     edge), not a sheet.
     """
@@ -398,23 +401,26 @@ def find_sheet(x: torch.Tensor, saturation: torch.Tensor) -> np.ndarray | None:
         if not outlines:
             continue
         outline = max(outlines, key=cv2.contourArea)
-        corners = _sheet_corners(outline, region)
+        corners = _sheet_corners(outline, region, channel.numpy())
         if corners is not None and (best is None or cv2.contourArea(outline) > best[0]):
             best = cv2.contourArea(outline), corners
     return None if best is None else best[1]
 
 
-def _sheet_corners(outline: np.ndarray, region: np.ndarray) -> np.ndarray | None:
+def _sheet_corners(outline: np.ndarray, region: np.ndarray, channel: np.ndarray
+                   ) -> np.ndarray | None:
     """The corners of ``outline`` if it can be a sheet's in a picture whose pixels of the
-    sheet's side of the threshold are ``region``."""
+    sheet's side of the threshold are ``region`` (in the light or colour ``channel``)."""
     h, w = region.shape
     area = cv2.contourArea(outline)
-    if not SHEET_AREA * h * w < area < 0.92 * h * w:
+    in_a_figure = _image_in_a_figure(outline, channel)
+    if not SHEET_AREA * h * w < area < (1 if in_a_figure else 0.92) * h * w:
         return None
     points = outline.reshape(-1, 2)
     on_edge = ((points[:, 0] <= 1) | (points[:, 0] >= w - 2) |
                (points[:, 1] <= 1) | (points[:, 1] >= h - 2)).mean()
-    if on_edge > 0.5 or area < SHEET_SOLIDITY * cv2.contourArea(cv2.convexHull(outline)):
+    if (on_edge > 0.5 and not in_a_figure) or \
+            area < SHEET_SOLIDITY * cv2.contourArea(cv2.convexHull(outline)):
         return None
     inside = np.zeros_like(region)
     cv2.drawContours(inside, [outline], -1, 255, cv2.FILLED)
@@ -423,6 +429,25 @@ def _sheet_corners(outline: np.ndarray, region: np.ndarray) -> np.ndarray | None
     if (region[inside == 0] > 0).mean() > 1 - SHEET_SURFACE:     # paper, not its surface
         return None
     return _corners(cv2.convexHull(outline))   # a stroke running into its edge notches it
+
+
+def _image_in_a_figure(outline: np.ndarray, channel: np.ndarray) -> bool:
+    """Whether ``outline`` is an image in a figure saved without margins (matplotlib's
+    savefig(bbox_inches="tight")): an upright rectangle up to the picture's edges but for a side
+    or three (the title, the ticks), where it ends in a step. Light fading across a page splits
+    it along a straight line too, but with no step there."""
+    h, w = channel.shape
+    left, top, width, height = cv2.boundingRect(outline)
+    if cv2.contourArea(outline) < UPRIGHT_FILL * width * height:
+        return False
+    right, bottom, d = left + width - 1, top + height - 1, STEP_PX
+    rows, cols = slice(top, bottom + 1), slice(left, right + 1)
+    sides = [(channel[rows, left + d], channel[rows, left - d]) if left >= d else None,
+             (channel[top + d, cols], channel[top - d, cols]) if top >= d else None,
+             (channel[rows, right - d], channel[rows, right + d]) if right + d < w else None,
+             (channel[bottom - d, cols], channel[bottom + d, cols]) if bottom + d < h else None]
+    steps = [np.median(np.abs(inside - outside)) for inside, outside in filter(None, sides)]
+    return bool(steps) and min(steps) > FIGURE_STEP
 
 
 def flatten_sheet(picture: torch.Tensor, corners: np.ndarray) -> torch.Tensor:

@@ -458,17 +458,21 @@ def test_a_page_filling_the_photo_is_no_sheet(paper):
 
 # A digit shown on a screen or a board: dark around it, light beyond -------------------------
 
-def shown_by_matplotlib(index, cmap, axes=True, colorbar=False):
-    """MNIST test digit ``index`` as a learner saves it: plt.imshow, a title, a white figure."""
+def shown_by_matplotlib(index, cmap, axes=True, colorbar=False, title=True, tight=False):
+    """MNIST test digit ``index`` as a learner saves it: plt.imshow, a title, a white figure;
+    ``tight``: cut to what is drawn, without margins, so the image reaches the picture's edges
+    where no title or ticks are."""
     figure = matplotlib.figure.Figure(figsize=(6 if colorbar else 4, 4), dpi=100)
     plot = figure.add_subplot()
     shown = plot.imshow(TEST_IMAGES[index].numpy(), cmap=cmap)
-    plot.set_title(f"label: {int(TEST_LABELS[index])}")
+    if title:
+        plot.set_title(f"label: {int(TEST_LABELS[index])}")
     plot.axis("on" if axes else "off")
     if colorbar:
         figure.colorbar(shown)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
+    margins = dict(bbox_inches="tight", pad_inches=0) if tight else {}
+    figure.savefig(buffer, format="png", **margins)
     return Image.open(buffer)
 
 
@@ -500,6 +504,10 @@ SHOWN = {
     "imshow, reversed grey": lambda i, rng: shown_by_matplotlib(i, "gray_r"),
     "imshow, viridis": lambda i, rng: shown_by_matplotlib(i, "viridis"),
     "imshow, hot": lambda i, rng: shown_by_matplotlib(i, "hot", axes=False),
+    "imshow, no margins, axes": lambda i, rng: shown_by_matplotlib(i, "gray", title=False,
+                                                                   tight=True),
+    "imshow, no margins, title": lambda i, rng: shown_by_matplotlib(i, "gray", axes=False,
+                                                                    tight=True),
     "on a slide": on_a_slide,
     "chalk on a board on a wall": chalk_on_a_board_on_a_wall,
 }
