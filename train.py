@@ -589,12 +589,17 @@ def epoch_line(history: list[dict], fit: engine.Result, val: engine.Result | Non
     """The last epoch of ``history`` as a row of the table that ``heading`` begins; "best"
     marks a validation accuracy above every earlier epoch's."""
     row = history[-1]
-    val_loss, val_accuracy = (f"{val.loss:.4f}", f"{val.accuracy:.2%}") if val else ("-", "-")
+    val_loss, val_accuracy = (loss_text(val.loss), f"{val.accuracy:.2%}") if val else ("-", "-")
     best = val is not None and all(val.accuracy > earlier["val_accuracy"]
                                    for earlier in history[:-1])
-    return (f"{row['epoch']:>5} {fit.loss:>10.4f} {fit.accuracy:>9.2%} {val_loss:>8} "
+    return (f"{row['epoch']:>5} {loss_text(fit.loss):>10} {fit.accuracy:>9.2%} {val_loss:>8} "
             f"{val_accuracy:>8} {row['lr']:>8.2e} {seconds:>5.1f}s "
             f"{images_per_second:>7,.0f}{'  best' if best else ''}")
+
+
+def loss_text(loss: float) -> str:
+    """A loss in the table's columns: a run on the way to diverging reaches 1e18."""
+    return f"{loss:.4f}" if loss < 1000 else f"{loss:.2e}"
 
 
 def summary(kept: dict, history: list[dict], tested: engine.Result, save_dir: Path) -> str:

@@ -322,6 +322,19 @@ def test_a_run_that_diverges_later_keeps_the_epoch_before(tmp_path, monkeypatch)
         assert torch.load(tmp_path / name, weights_only=True)["epoch"] == 1
 
 
+def test_a_huge_loss_keeps_the_epoch_table_aligned():
+    """A run on its way to diverging (--lr 1000 reaches losses of 1e18) stays in its columns."""
+    rows = [dict(epoch=epoch, val_accuracy=0.5, lr=1e3) for epoch in (1, 2, 3)]
+    losses = [(0.5, 0.6), (123.4567, 987.6543), (3.1e18, 2.5e17)]
+    lines = [train.epoch_line(rows[:i + 1], engine.Result(fit, 50, 100),
+                              engine.Result(val, 40, 100), 1.0, 100.0)
+             for i, (fit, val) in enumerate(losses)]
+    columns = [len(line.removesuffix("  best")) for line in lines]
+    assert len(set(columns)) == 1, "\n".join(lines)
+    assert lines[1].split()[1:4:2] == ["123.4567", "987.6543"]
+    assert lines[2].split()[1:4:2] == ["3.10e+18", "2.50e+17"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--lr", "0"], "argument --lr: must be > 0, got 0"),
     (["--lr", "fast"], "argument --lr: expected float, got 'fast'"),
