@@ -1,8 +1,10 @@
-"""Write a file so that readers, crashes and kill -9 only ever see the old or the new version."""
+"""Write a file so that readers, crashes and kill -9 only ever see the old or the new version;
+make a folder that a failure takes back."""
+import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 # mkstemp creates files readable by their owner only; give ours the usual permissions instead.
 _UMASK = os.umask(0)
@@ -30,4 +32,20 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def new_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """``path`` as a folder, made with its parents where missing. When the block fails, the
+    folders it made go again where they are still empty: a mistyped path leaves nothing."""
+    path = Path(path)
+    made = [folder for folder in (path, *path.parents) if not folder.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise

@@ -6,7 +6,6 @@ MNIST (handwritten digits) ships in the repository; Fashion-MNIST (clothing) and
 way: the IDX files in ``data/<set>/raw`` become uint8 tensors here, and ``Batches`` turns those
 into normalized (and, for training, augmented) batches on the device.
 """
-import contextlib
 import functools
 import gzip
 import hashlib
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import cli
-from atomic import write_atomic
+from atomic import new_folder, write_atomic
 
 MEAN, STD = 0.1307, 0.3081           # MNIST's (``normalization`` of its training images)
 CLASSES = [str(digit) for digit in range(10)]
@@ -185,14 +184,11 @@ def _download(root: str | Path, dataset: Dataset) -> None:
     import torchvision.datasets
     downloader = getattr(torchvision.datasets, dataset.folder)
     raw = raw_dir(root, dataset.name)
-    created = [folder for folder in (raw, *raw.parents) if not folder.exists()]
     try:
-        for train in (True, False):
-            downloader(root, train=train, download=True)
+        with new_folder(raw):
+            for train in (True, False):
+                downloader(root, train=train, download=True)
     except Exception as e:  # torchvision raises plain RuntimeError/URLError for a failed download
-        for folder in created:      # a mistyped --data-dir leaves no empty folders behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
         reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
         raise DataError(f"no {dataset.title} files in {raw} and "
                         f"downloading them failed ({reason}): point --data-dir at the folder "

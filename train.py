@@ -20,7 +20,7 @@ import math
 import re
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -34,7 +34,7 @@ import ddp
 import engine
 import outliers
 import plots
-from atomic import write_atomic
+from atomic import new_folder, write_atomic
 from checkpoint import (CHECKPOINT_FORMAT, CheckpointError, load_checkpoint,
                         model_from_checkpoint, save_checkpoint)
 from cli import ranged
@@ -81,6 +81,7 @@ SAVE_DIR = "save_model"  # best_model.pth, last.pth, history.csv, curves.png
 # ---------------------------------------------------------------------------------------------
 
 OUTPUTS = ["best_model.pth", "last.pth", "history.csv", "curves.png"]
+LOCK = ".train.lock"    # held by the run writing to the folder
 STOP_CHECK_STEPS = 8    # with several processes, how often they agree whether to stop
 # Seconds between drawings of curves.png during training (it is drawn after the last epoch
 # too): a drawing takes about 0.2 s, 2-3 % of a default CPU epoch and much of a GPU one.
@@ -189,23 +190,27 @@ def save_dir_of(args: argparse.Namespace, world: ddp.World) -> Iterator[Path]:
     if not world.main:
         yield folder
         return
-    lock = filelock.FileLock(folder / ".train.lock")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock.acquire(timeout=0)
-    except filelock.Timeout:
-        raise CheckpointError(f"another train.py is writing to {folder}: let it finish (or stop "
-                              f"it), or pass another --save-dir") from None
-    except OSError as e:
-        raise CheckpointError(f"cannot write to the save folder {folder} "
-                              f"({e.strerror or e}): pass a writable --save-dir") from None
-    try:
+    lock = filelock.FileLock(folder / LOCK)
+    with ExitStack() as held:
+        try:
+            held.enter_context(new_folder(folder))
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise CheckpointError(f"another train.py is writing to {folder}: let it finish (or "
+                                  f"stop it), or pass another --save-dir") from None
+        except OSError as e:
+            raise CheckpointError(f"cannot write to the save folder {folder} "
+                                  f"({e.strerror or e}): pass a writable --save-dir") from None
+        held.callback(lock.release)
         for name in OUTPUTS:   # temporary files a kill -9 left behind mid-write
             for leftover in folder.glob(f".{name}.*.tmp"):
                 leftover.unlink(missing_ok=True)
-        yield folder
-    finally:
-        lock.release()
+        try:
+            yield folder
+        except BaseException:
+            if [file.name for file in folder.iterdir()] == [LOCK]:  # a run that wrote nothing
+                (folder / LOCK).unlink()                              # leaves nothing
+            raise
 
 
 def saved_run(args: argparse.Namespace, world: ddp.World) -> dict | None:
@@ -214,10 +219,13 @@ def saved_run(args: argparse.Namespace, world: ddp.World) -> dict | None:
     first process reads it, for all."""
     if not (args.resume or world.restarts):
         return None
-    state = None
+    state, last = None, Path(args.save_dir) / "last.pth"
     if world.main:
         try:
-            state = load_checkpoint(Path(args.save_dir) / "last.pth")
+            if args.resume and not last.exists():
+                raise CheckpointError(f"nothing to resume: {args.save_dir} holds no last.pth. "
+                                      f"Pass the --save-dir of the run to continue")
+            state = load_checkpoint(last)
         except CheckpointError as e:
             state = e
         if not args.resume and (isinstance(state, CheckpointError) or

@@ -189,9 +189,33 @@ def test_a_run_saved_before_later_settings_existed_resumes_without_them(tmp_path
     assert resumed["dataset"] == "mnist"
 
 
-def test_resume_without_a_saved_run(tmp_path):
+def test_resume_without_a_saved_run_says_so_and_leaves_no_folder(tmp_path):
     assert_one_line_error(run_main(train, "--resume", "--save-dir", tmp_path),
-                          "no checkpoint at", "last.pth")
+                          f"nothing to resume: {tmp_path} holds no last.pth. Pass the "
+                          f"--save-dir of the run to continue")
+    assert list(tmp_path.iterdir()) == []
+    mistyped = tmp_path / "runs" / "lr-1e3"
+    assert_one_line_error(run_main(train, "--resume", "--save-dir", mistyped),
+                          "nothing to resume")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_that_stops_before_writing_leaves_no_folder(tmp_path, monkeypatch):
+    """A start that fails (here on missing data) leaves no empty save folder behind; a folder
+    that was there stays, with its files."""
+    def offline(root, train, download):
+        raise RuntimeError("<urlopen error [Errno -2] Name or service not known>")
+
+    monkeypatch.setattr("torchvision.datasets.MNIST", offline)
+    result = run_main(train, "--subset", "500", "--epochs", "1", "--data-dir",
+                      tmp_path / "no-data", "--save-dir", tmp_path / "run")
+    assert result.returncode == 1
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "mine").mkdir()     # a folder that was there before stays, and its files
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    run_main(train, "--subset", "500", "--epochs", "1", "--data-dir", tmp_path / "no-data",
+             "--save-dir", tmp_path / "mine")
+    assert "notes.txt" in [file.name for file in (tmp_path / "mine").iterdir()]
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, trained):
