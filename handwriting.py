@@ -513,8 +513,11 @@ def prepare(image: Image.Image) -> torch.Tensor:
     if corners is not None:     # a photo of a sheet on a desk: the sheet alone, flattened
         sheet = flatten_sheet(picture, corners * (max(picture.shape) / max(x.shape)))
         flat = _shrink(sheet, WORK_SIZE)
-        if flat.max() - flat.min() >= MIN_CONTRAST:   # else the "sheet" was the mark itself
+        if flat.max() - flat.min() >= MIN_CONTRAST:
             picture, x = sheet, flat
+        elif min(flat.shape) >= SOLID * max(flat.shape):    # a blank sheet, not a bar
+            raise ImageProblem(NO_DIGIT)
+        # else the "sheet" was the mark itself: a 1 drawn as a bar, light on black
     if x.max() - x.min() < MIN_CONTRAST:
         raise ImageProblem("the picture is blank")
     ink, keep = find_digit(x)

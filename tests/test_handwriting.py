@@ -419,14 +419,40 @@ def test_a_small_digit_drawn_with_a_wide_pen_is_worn_down_to_mnist_strokes():
     assert (x > 0.5).float().mean() < sevens.quantile(0.95), "a blob"
 
 
-@pytest.mark.parametrize("box", [(40, 120, 240, 160), (100, 100, 180, 180)])
 @pytest.mark.parametrize("paper, ink", [(255, 0), (0, 255)])
-def test_a_filled_bar_or_square_is_prepared_without_error(box, paper, ink):
-    """Strokes that fill their whole crop: their width is measured from the crop's edge. A
-    light one on black is a mark too, not a sheet with nothing on it."""
+def test_a_filled_bar_is_a_mark_and_a_filled_square_a_blank_card(paper, ink):
+    """A bar fills its whole crop: its stroke width is measured from the crop's edge. Light on
+    black it is a 1 drawn in a paint program, not a sheet with nothing on it. A filled square
+    is a blank card (a sticky note on a dark desk): no digit."""
     pad = Image.new("L", (280, 280), paper)
-    ImageDraw.Draw(pad).rectangle(box, fill=ink)
+    ImageDraw.Draw(pad).rectangle((40, 120, 240, 160), fill=ink)
     assert handwriting.prepare(pad).max() > 0.5
+    pad = Image.new("L", (280, 280), paper)
+    ImageDraw.Draw(pad).rectangle((100, 100, 180, 180), fill=ink)
+    with pytest.raises(handwriting.ImageProblem, match=handwriting.NO_DIGIT):
+        handwriting.prepare(pad)
+
+
+def test_a_photo_of_a_blank_sheet_is_read_as_no_digit(reader):
+    """A sticky note, a sheet or a card with nothing on it, on a desk or a cloth, 10 photos of
+    each: none is taken for a digit (the sheet, blank once flattened, was taken for a mark
+    and the whole photo read instead: 2, 3 and 0 of them were read as a 1 or a 5)."""
+    read = confidence.open_reader(reader, torch.device("cpu"))
+    blank = np.zeros((28, 28), np.uint8)
+    taken = []
+    for kind in ("sticky note on a wooden desk", "sheet on a desk",
+                 "card on a checked tablecloth"):
+        rng = random.Random(0)
+        for _ in range(10):
+            picture = handwriting.open_image(io.BytesIO(photos.KINDS[kind](rng, blank)))
+            try:
+                x = handwriting.prepare(picture)
+            except handwriting.ImageProblem:
+                continue
+            reading = read.read(read.normalized(x))[0]
+            if reading.digit:
+                taken.append(f"{kind}: {reading.best}")
+    assert taken == []
 
 
 def test_a_sheet_on_a_desk_is_found_and_flattened():
