@@ -5,9 +5,10 @@ MNIST digits are light on dark, their longer side scaled to 20 px with antialias
 large, off-centre, in colour, unevenly lit, with specks, or drawn on a transparent canvas.
 ``prepare`` bridges the two; ``show.py --image`` uses it.
 """
+import glob
 import warnings
 from pathlib import Path
-from typing import IO
+from typing import IO, Iterable
 
 import cv2
 import numpy as np
@@ -567,14 +568,23 @@ def image_files(paths: list[str]) -> tuple[list[Path], list[str]]:
         if "://" in name:       # Path would also fold its "//" into "/"
             problems.append(f"{name}: a web address; save the picture and pass the file")
         elif path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.suffix.lower() in EXTENSIONS and p.is_file())
+            found = _pictures(path.rglob("*"))
             files += found
             if not found:
                 problems.append(f"{path}: no pictures in this folder "
                                 f"({', '.join(sorted(EXTENSIONS))})")
         elif path.is_file():
             files.append(path)
+        elif any(sign in name for sign in "*?["):    # Windows' shells pass *.jpg on as it is
+            found = _pictures(map(Path, glob.glob(name, recursive=True)))
+            files += found
+            if not found:
+                problems.append(f"{name}: no pictures match it")
         else:
             problems.append(f"{path}: no such file or folder")
     return files, problems
+
+
+def _pictures(paths: Iterable[Path]) -> list[Path]:
+    """The picture files among ``paths``, by their extension, in order."""
+    return sorted(path for path in paths if path.suffix.lower() in EXTENSIONS and path.is_file())

@@ -142,6 +142,21 @@ def test_own_pictures_folder_with_a_bad_file_and_a_missing_path(trained, tmp_pat
         assert picture.width >= 3 * 2 * 112           # original and prepared, per picture
 
 
+def test_a_pattern_that_the_shell_passed_on_is_matched(trained, tmp_path):
+    """Windows' shells pass --image *.jpg on as it is: the pictures it matches are read, other
+    files left alone, and a pattern that matches none says so."""
+    from test_handwriting import render
+    (tmp_path / "mine").mkdir()
+    render(0).save(tmp_path / "mine" / "seven.jpg")
+    render(2).save(tmp_path / "mine" / "one.png")
+    (tmp_path / "mine" / "notes.txt").write_text("not a picture")
+    result = run_main(show, "--checkpoint", trained / "best_model.pth", "--image", "mine/*",
+                      "mine/*.gif", "--out", tmp_path / "own.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert re.findall(r"^mine/(\S+): ", result.stdout, re.M) == ["one.png", "seven.jpg"]
+    assert result.stderr == "skipped mine/*.gif: no pictures match it\n"
+
+
 @pytest.mark.processes
 @pytest.mark.skipif(sys.platform != "linux", reason="xdg-open is Linux's opener")
 def test_show_opens_the_picture_or_says_why_it_cannot(trained, tmp_path, monkeypatch):
