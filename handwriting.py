@@ -387,9 +387,9 @@ def find_sheet(x: torch.Tensor, saturation: torch.Tensor) -> np.ndarray | None:
     wall, or a digit shown light on dark inside a white page, as matplotlib's imshow shows one)
     or of another colour (a shadow changes the light, not the colour), nearly a quadrilateral,
     and mostly inside the photo: a region cut off by a shadow or by the photo's edges runs along
-    those edges instead (an image in a figure saved without margins may too). Around it lies mostly its surface: where the rest is as light as the
-    region, the region is paper cut off by strokes (a digit filling the picture from edge to
-    edge), not a sheet.
+    those edges instead (an image in a figure saved without margins may too). Around it lies
+    mostly its surface: where the rest is as light as the region, the region is paper cut off
+    by strokes (a digit filling the picture from edge to edge), not a sheet.
     """
     candidates = [x, 1 - x]
     if saturation.max() - saturation.min() > SHEET_COLOUR:
