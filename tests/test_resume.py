@@ -213,8 +213,9 @@ def test_a_run_that_stops_before_writing_leaves_no_folder(tmp_path, monkeypatch)
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "mine").mkdir()     # a folder that was there before stays, and its files
     (tmp_path / "mine" / "notes.txt").write_text("mine")
-    run_main(train, "--subset", "500", "--epochs", "1", "--data-dir", tmp_path / "no-data",
-             "--save-dir", tmp_path / "mine")
+    result = run_main(train, "--subset", "500", "--epochs", "1", "--data-dir",
+                      tmp_path / "no-data", "--save-dir", tmp_path / "mine")
+    assert result.returncode == 1
     assert "notes.txt" in [file.name for file in (tmp_path / "mine").iterdir()]
 
 
