@@ -18,6 +18,7 @@ import errno
 import http.server
 import io
 import json
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -242,6 +243,19 @@ def open_page(args: argparse.Namespace) -> PageServer:
                        describe(reader, args.checkpoint, accuracy))
 
 
+def network_address() -> str | None:
+    """This machine's address on its network, which a phone on the same Wi-Fi reaches; None
+    when it is on none. Connecting a UDP socket sends nothing: the system only picks the
+    address its route out would leave from."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))     # a documentation address (RFC 5737)
+        except OSError:
+            return None
+        address = probe.getsockname()[0]
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     server = open_page(args)
@@ -251,7 +265,9 @@ def main(argv=None) -> None:
              if info["test_accuracy"] is not None else "")
     print(f"reading digits with {args.checkpoint} (epoch {info['epoch'] or '?'}{known})")
     if host == "0.0.0.0":    # every address of this machine: this one works here
-        print(f"other machines reach the page at this machine's address, port {port}")
+        address = network_address()
+        print(f"other machines on this network open http://{address}:{port}/" if address else
+              f"other machines reach the page at this machine's address, port {port}")
         host = "127.0.0.1"
     print(f"open http://{host}:{port}/ in a browser; Ctrl-C stops the page", flush=True)
     try:

@@ -363,6 +363,29 @@ def test_a_person_runs_it_a_second_one_finds_the_port_taken_ctrl_c_stops_it(trai
     assert page.returncode == 0 and err.strip() == "stopped", err
 
 
+@pytest.mark.processes
+def test_served_to_the_network_it_prints_the_address_other_machines_open(reader):
+    """--host 0.0.0.0 (a phone on the same Wi-Fi): the address printed for other machines is
+    this machine's own on its network, and the page answers there."""
+    address = draw.network_address()
+    if address is None:
+        pytest.skip("this machine is on no network")
+    page = subprocess.Popen([sys.executable, str(ROOT / "draw.py"), "--checkpoint", str(reader),
+                             "--host", "0.0.0.0", "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        next_line(page.stdout)
+        elsewhere, here = next_line(page.stdout), next_line(page.stdout)
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", here)[1])
+        assert elsewhere == f"other machines on this network open http://{address}:{port}/\n"
+        connection = http.client.HTTPConnection(address, port, timeout=30)
+        connection.request("GET", "/")
+        assert connection.getresponse().status == 200
+    finally:
+        page.kill()
+        page.communicate()
+
+
 def test_a_missing_checkpoint_or_another_data_set_is_one_line(tmp_path, small_runs,
                                                               small_sets):
     assert_one_line_error(run_main(draw, "--checkpoint", tmp_path / "none.pth"),
