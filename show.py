@@ -208,7 +208,7 @@ def show_own_images(args, reader: confidence.Reader, font
     tiles, lines = [], []
     for path in files:
         try:
-            original = handwriting.open_image(path)
+            original = handwriting.open_image(path, "it")
             prepared = handwriting.prepare(original)
         except handwriting.ImageProblem as e:
             problems.append(f"{path}: {e}")
@@ -241,8 +241,15 @@ def show_layers(args, reader: confidence.Reader) -> str:
         if path.is_dir():
             raise cli.Problem(f"--layers draws one picture and {path} is a folder: pass one "
                               f"of its files")
+        files, problems = handwriting.image_files(args.image)
+        if problems:
+            raise cli.Problem(problems[0])
+        if len(files) > 1:
+            raise cli.Problem(f"--layers draws one picture and {path} matches {len(files)}: "
+                              f"pass one of them")
+        path = files[0]
         try:
-            pixels = handwriting.prepare(handwriting.open_image(path))
+            pixels = handwriting.prepare(handwriting.open_image(path, "it"))
         except handwriting.ImageProblem as e:
             raise cli.Problem(f"{path}: {e}") from None
         name = path.name

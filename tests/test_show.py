@@ -328,7 +328,7 @@ def test_layers_of_a_test_image_and_of_an_own_picture(reader, tmp_path):
     (["--index", "3"], "--index picks the image for --layers"),
     (["--layers", "--index", "10000"], "--index must be below 10000, got 10000"),
     (["--layers", "--index", "-1"], "must be >= 0"),
-    (["--layers", "--image", "missing.png"], "missing.png"),
+    (["--layers", "--image", "missing.png"], "missing.png: no such file or folder"),
     (["--layers", "--image", "."], "is a folder: pass one of its files"),
 ])
 def test_layers_bad_requests_are_one_line(reader, tmp_path, args, message):
@@ -336,6 +336,25 @@ def test_layers_bad_requests_are_one_line(reader, tmp_path, args, message):
                       cwd=tmp_path)
     assert_one_line_error(result, message, code=1 if "below" in message or "missing" in
                           message or "folder" in message else 2)
+
+
+def test_layers_of_a_pattern_that_a_shell_passed_on(reader, tmp_path):
+    """A Windows shell passes --image 'seven*.png' on as it is: one match is drawn, more or
+    none are one line each; a file that is no picture is named once."""
+    digit = Image.fromarray(255 - datasets.load(ROOT / "data", "test")[0][0].numpy())
+    digit.resize((200, 200)).save(tmp_path / "seven.png")
+    (tmp_path / "notes.pdf").write_bytes(b"%PDF-1.4 a document")
+    layers = ["--checkpoint", reader, "--layers", "--out", tmp_path / "layers.png", "--image"]
+    one = run_main(show, *layers, "seven*.png", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert one.stdout.startswith("seven.png: 7  (")
+    digit.save(tmp_path / "seven-again.png")
+    assert_one_line_error(run_main(show, *layers, "seven*.png", cwd=tmp_path),
+                          "--layers draws one picture and seven*.png matches 2: pass one")
+    assert_one_line_error(run_main(show, *layers, "eight*.png", cwd=tmp_path),
+                          "eight*.png: no pictures match it")
+    assert_one_line_error(run_main(show, *layers, "notes.pdf", cwd=tmp_path),
+                          "error: notes.pdf: cannot read it: not a picture (PNG, JPEG")
 
 
 def test_a_long_list_is_printed_whole_and_drawn_up_to_a_picture_a_viewer_shows(
