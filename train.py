@@ -123,6 +123,8 @@ CHECKS = {
 }
 # Where a run reads and writes, not what it trains: not saved with it, free to change on --resume
 PLACES = ("device", "data_dir", "save_dir")
+# None is a value of these: the data set's own (the first two), no teachers, every image
+MAY_BE_NONE = ("augment_strength", "flip", "teachers", "subset")
 # The rest make a run's hyperparameters, saved with it and restored by --resume.
 HYPERPARAMETERS = [name for name in CHECKS if name not in PLACES]
 
@@ -142,10 +144,10 @@ def make_parser() -> argparse.ArgumentParser:
                                                  "top of train.py.")
     for name, (value, comment) in block().items():
         shown = comment if value is None else f"{comment} (default: {value})"
-        # None marks a hyperparameter "not given", which --resume needs to tell conflicting
-        # flags apart; the places take their value at once.
+        # None marks a setting "not given": parse_args fills it in from the block, and
+        # --resume tells conflicting flags apart by it.
         parser.add_argument("--" + name.replace("_", "-"), help=shown.replace("%", "%%"),
-                            default=value if name in PLACES else None, **CHECKS[name])
+                            **CHECKS[name])
     parser.add_argument("--resume", action="store_true",
                         help="continue the run saved in SAVE_DIR/last.pth with its settings")
     return parser
@@ -158,26 +160,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.given = {name for name in HYPERPARAMETERS if getattr(args, name) is not None}
     for name, (value, _) in block().items():
-        if name in args.given or name in PLACES:
-            continue
-        # A value edited into the block gets the same checks as a flag.
-        options, problem = CHECKS[name], None
-        if value is not None and "type" in options:
+        if getattr(args, name) is None:
             try:
-                options["type"](value)
-            except argparse.ArgumentTypeError as e:
-                problem = str(e)
-        if "choices" in options and value not in options["choices"]:
-            problem = f"choose from {', '.join(map(repr, options['choices']))}"
-        if problem:
-            parser.error(f"{name.upper()} = {value!r} at the top of train.py: {problem}")
-        setattr(args, name, value)
+                setattr(args, name, block_value(name, value))
+            except ValueError as e:
+                parser.error(f"{name.upper()} = {value!r} at the top of train.py: {e}")
     dataset = datasets.DATASETS[args.dataset]
     if args.augment_strength is None:
         args.augment_strength = dataset.augment_strength
     if args.flip is None:
         args.flip = dataset.flip
     return args
+
+
+def block_value(name: str, value: object) -> object:
+    """A value of the block, checked as its flag is and of the type the flag gives: an edit
+    can make it a string ("3e-3"), a float where a count belongs, or a lone file name where a
+    list belongs. Raises ValueError saying what is wrong."""
+    options = CHECKS[name]
+    if value is None:
+        if name not in MAY_BE_NONE:
+            raise ValueError("None is not one of its values")
+    elif "choices" in options:
+        if value not in options["choices"]:
+            raise ValueError(f"choose from {', '.join(map(repr, options['choices']))}")
+    elif options.get("action") is argparse.BooleanOptionalAction:
+        if not isinstance(value, bool):
+            raise ValueError("expected True or False (without quotes)")
+    elif "nargs" in options:
+        if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            raise ValueError('expected a list of files, such as ["teacher.pth"]')
+    elif "type" in options:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError("expected a number (without quotes)")
+        try:
+            return options["type"](str(value))     # a count written 2.5 is refused, not cut
+        except argparse.ArgumentTypeError as e:
+            raise ValueError(str(e)) from None
+    elif not isinstance(value, (str, Path)):
+        raise ValueError('expected a folder, such as "save_model"')
+    return value
 
 
 @contextmanager

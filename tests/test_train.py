@@ -361,6 +361,16 @@ def test_impossible_values_are_refused(tmp_path, args, message):
      "OPTIMIZER = 'adam' at the top of train.py: choose from 'adamw', 'sgd'"),
     (("\nDATASET = ", "\nDATASET = 'cifar' or "),
      "DATASET = 'cifar' at the top of train.py: choose from 'mnist', 'fashion-mnist', 'kmnist'"),
+    # Of the wrong type: each was taken as it was (a truthy "False", the letters of a name)
+    (("\nAUGMENT = ", "\nAUGMENT = 'False' or "),
+     "AUGMENT = 'False' at the top of train.py: expected True or False (without quotes)"),
+    (("\nLR = ", "\nLR = '3e-3' or "), "LR = '3e-3' at the top of train.py: expected a number"),
+    (("\nEPOCHS = ", "\nEPOCHS = 2.5 or "), "EPOCHS = 2.5 at the top of train.py: expected int"),
+    (("\nTEACHERS = ", "\nTEACHERS = 'teacher.pth' or "),
+     'TEACHERS = \'teacher.pth\' at the top of train.py: expected a list of files, such as '
+     '["teacher.pth"]'),
+    (("\nEMA_DECAY = ", "\nEMA_DECAY = None  # "), "EMA_DECAY = None at the top of train.py"),
+    (("\nDEVICE = ", "\nDEVICE = 'gpu' or "), "DEVICE = 'gpu' at the top of train.py: choose"),
 ])
 def test_values_edited_into_the_block_are_checked_too(tmp_path, edit, message):
     edited = tmp_path / "train.py"
